@@ -1,0 +1,167 @@
+"""Typed project parameters read from ``params.yaml``.
+
+One dataclass per ``params.yaml`` section (one section per pipeline stage). Unknown keys and
+values of the wrong type are rejected with a message naming the key. ``--set a.b=value``
+overrides are parsed as YAML scalars and checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not match the schema; the message names the key."""
+
+
+@dataclass
+class DataParams:
+    """Where the labelled data lives and how its labels are read."""
+
+    root: str = "data/sample"
+    annotation_file: str = "via_region_data.json"
+    category_key: Optional[str] = None
+    classes: list[str] = field(default_factory=lambda: ["damage"])
+    class_map: dict[str, str] = field(default_factory=dict)
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    val_splits: list[str] = field(default_factory=lambda: ["val"])
+    pool: str = "data/sample/test"
+    near_duplicate_distance: int = 6
+
+
+@dataclass
+class Params:
+    """All sections of ``params.yaml``. Later stages add their own section here."""
+
+    data: DataParams = field(default_factory=DataParams)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Validate (and lightly coerce) ``value`` against the annotation ``tp``; raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {args}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section), got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_check(k, args[0], key): _check(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got a boolean {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown parameter {full!r} (known in this section: {known})")
+        kwargs[key] = _check(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def params_from_dict(data: dict[str, Any]) -> Params:
+    """Build :class:`Params` from a plain mapping, rejecting unknown or mistyped keys."""
+    if not isinstance(data, dict):
+        raise ConfigError("params: the top level must be a mapping of sections")
+    return _build(Params, data)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``"section.key=value"``; the value is read as a YAML scalar/list (``1``, ``true``, ``[a, b]``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"--set {text!r}: the key must name a section and a key, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc})") from exc
+    return key, value
+
+
+def load_params(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Params:
+    """Read a params file (default ``params.yaml`` if it exists) and apply ``--set`` overrides.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type, malformed override.
+    """
+    data: dict[str, Any] = {}
+    p = Path(path) if path is not None else DEFAULT_PARAMS
+    if path is not None and not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    if p.is_file():
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    try:
+        return params_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    """Plain-dict view of the params (for reports and model metadata)."""
+    return dataclasses.asdict(params)

@@ -1,0 +1,42 @@
+"""Install with ``pip install -e .[dev]``; the distribution is ``cardamage-al`` (PyPI's ``cardamage`` is taken)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("cardamage/__init__.py").read_text()).group(1)
+
+CORE = [
+    "click>=8.1",
+    "pyyaml>=6",
+    "numpy>=1.26",
+    "pillow>=10",
+    "pycocotools>=2.0.7",
+    "imagehash>=4.3",
+    "pandas>=2,<3",
+    "opencv-python-headless>=4.8",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "pyarrow>=14",
+    "tensorflow-cpu==2.21.*; platform_machine=='x86_64'",
+    "keras>=3.15,<3.16",
+    "keras-cv==0.9.0",
+]
+
+setup(
+    name="cardamage-al",
+    version=VERSION,
+    description="Active-learning loop for car damage segmentation (KerasCV, Label Studio, DVC, Evidently)",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cardamage", "cardamage.*"]),
+    package_data={"cardamage": ["*.xml", "*.html", "templates/*"]},
+    install_requires=CORE,
+    extras_require={
+        "dev": ["pytest>=8", "scikit-image>=0.22"],
+    },
+    entry_points={"console_scripts": ["cardamage=cardamage.cli:main"]},
+)
