@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
@@ -39,10 +39,85 @@ class DataParams:
 
 
 @dataclass
+class ModelParams:
+    """The segmentation network (``cardamage train`` builds it; the saved file remembers it)."""
+
+    architecture: Literal["deeplabv3plus", "segformer"] = "deeplabv3plus"
+    backbone: str = "mobilenetv3_large"
+    backbone_preset: Optional[str] = None
+    width: float = 1.0
+    input_size: int = 256
+    resize: Literal["letterbox", "crop", "stretch"] = "letterbox"
+    head_filters: int = 128
+    projection_filters: int = 48
+    aspp_dilation_rates: list[int] = field(default_factory=lambda: [2, 4, 6])
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainParams:
+    """Training loop, loss, schedule and augmentation."""
+
+    model_path: str = "models/model.keras"
+    history_csv: str = "reports/train_history.csv"
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    early_stopping_patience: int = 8
+    dice_weight: float = 1.0
+    focal_gamma: float = 0.0
+    class_weighting: Literal["inverse_sqrt", "median_frequency", "none"] = "inverse_sqrt"
+    max_class_weight: float = 10.0
+    seed: int = 42
+    max_images: Optional[int] = None
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    augment: bool = True
+    hflip: float = 0.5
+    scale_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    rotation_degrees: float = 10.0
+    color_jitter: float = 0.2
+
+
+@dataclass
+class EvaluateParams:
+    """Validation metrics and report plots."""
+
+    model_path: str = "models/model.keras"
+    metrics_file: str = "reports/metrics.json"
+    plots_dir: str = "reports"
+    splits: Optional[list[str]] = None
+    batch_size: int = 8
+    image_score: Literal["max_prob", "damaged_share"] = "max_prob"
+    image_threshold: float = 0.5
+    min_instance_px: int = 16
+    overlay_count: int = 4
+
+
+@dataclass
+class PredictParams:
+    """Damage assessment of new photos."""
+
+    model_path: str = "models/model.keras"
+    part_model_path: Optional[str] = None
+    out_dir: str = "reports/predictions"
+    threshold: float = 0.5
+    min_area_share: float = 0.0002
+    polygon_epsilon: float = 1.5
+    splash_format: Literal["jpg", "png"] = "jpg"
+    batch_size: int = 4
+
+
+@dataclass
 class Params:
     """All sections of ``params.yaml``. Later stages add their own section here."""
 
     data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    predict: PredictParams = field(default_factory=PredictParams)
 
 
 def _type_name(tp: Any) -> str:
