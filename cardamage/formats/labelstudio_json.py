@@ -266,8 +266,9 @@ def _fill(record: ImageRecord, results: list[Any], score: float | None, issues: 
             record.height = record.height or int(result["original_height"])
     for result in (r for r in results if id(r) not in regions):
         rtype, value = str(result.get("type", "")).lower(), result.get("value") or {}
-        if result.get("id") in region_ids and result.get("id") in by_region:
-            by_region[result["id"]].attributes[result.get("from_name", rtype)] = value.get(rtype, value)
+        if result.get("id") in region_ids:  # per-region attribute (kept only if the region was)
+            if result["id"] in by_region:
+                by_region[result["id"]].attributes[result.get("from_name", rtype)] = value.get(rtype, value)
         elif rtype == "choices":
             record.attributes.setdefault("choices", []).extend(value.get("choices") or [])
         elif rtype not in _NON_REGION_TYPES:
