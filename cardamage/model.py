@@ -122,10 +122,11 @@ def _resnet_v2(name: str, width: float, shape: tuple[int, int, int]) -> keras.Mo
 
 def _efficientnet(name: str, width: float, shape: tuple[int, int, int]) -> keras.Model:
     if name == "efficientnetlite_b0":
+        # Lite keeps its 32-channel stem unscaled: pre-divide the first block's input so it scales back to 32.
         return EfficientNetLiteBackbone(
             include_rescaling=True, width_coefficient=width, depth_coefficient=1.0,
             stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
-            stackwise_input_filters=[32, 16, 24, 40, 80, 112, 192],
+            stackwise_input_filters=[round(32 / width), 16, 24, 40, 80, 112, 192],
             stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
             stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
             dropout_rate=0.2, drop_connect_rate=0.2, input_shape=shape)
@@ -191,6 +192,21 @@ def _backbone_from_preset(preset: str, shape: tuple[int, int, int]) -> keras.Mod
     return backbone
 
 
+def export_backbone_preset(model: keras.Model, folder: str | os.PathLike) -> Path:
+    """Write the backbone of a :class:`SegmentationModel` (or a bare backbone) as a local KerasCV preset.
+
+    The folder (``config.json``, ``model.weights.h5``, ``metadata.json``) is what
+    ``model.backbone_preset`` accepts, e.g. to start a car-part model from a trained damage model.
+    """
+    from keras_cv.src.utils.preset_utils import save_to_preset
+
+    backbone = getattr(model, "backbone", None) or model
+    if not isinstance(backbone, Backbone):
+        raise ValueError(f"model: expected a SegmentationModel or a KerasCV backbone, got {type(model).__name__}")
+    save_to_preset(backbone, str(folder))
+    return Path(folder)
+
+
 def _feature_levels(backbone: keras.Model, input_size: int) -> dict[int, Any]:
     """Map output stride (4, 8, 16, 32) to the backbone's pyramid feature tensors."""
     levels = {}
@@ -254,6 +270,7 @@ class SegmentationModel(Task):
         strides = sorted(s for s in levels if s >= 4)
         # As KerasCV's tasks do: a functional view of the backbone exposing its pyramid levels.
         extractor = keras.Model(backbone.input, {f"s{s}": backbone.get_layer(levels[s]).output for s in strides})
+        _freeze_unused(backbone, extractor)
         feats = extractor(inputs)
         features = {s: feats[f"s{s}"] for s in strides}
         high = keras.layers.Activation("linear", name="high_features")(features[strides[-1]])
@@ -285,6 +302,14 @@ class SegmentationModel(Task):
             "cardamage_info": self.cardamage_info,
         })
         return config
+
+
+def _freeze_unused(backbone: keras.Model, extractor: keras.Model) -> None:
+    """Backbone layers past the deepest level used (e.g. MobileNetV3's last 1x1 conv) get no gradient."""
+    used = {id(layer) for layer in extractor.layers}
+    for layer in backbone.layers:
+        if id(layer) not in used and layer.weights:
+            layer.trainable = False
 
 
 def _check_head_args(backbone: Any, num_classes: int, architecture: str, head_filters: int, dropout: float) -> None:
@@ -447,7 +472,7 @@ def _as_batch(images: np.ndarray, model: keras.Model) -> np.ndarray:
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Class probabilities ``float32 [N, S, S, C]`` for images ``[N, S, S, 3]`` (RGB 0-255)."""
     batch = _as_batch(images, model)
-    out = [np.asarray(model(batch[i:i + batch_size], training=False)) for i in range(0, len(batch), batch_size)]
+    out = [np.asarray(model.predict_on_batch(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)]
     return np.concatenate(out, axis=0) if out else np.zeros((0,) + tuple(model.outputs[0].shape[1:]), np.float32)
 
 
@@ -461,7 +486,7 @@ def predict_with_embeddings(model: keras.Model, images: np.ndarray,
     both = _aux(model)["both"]
     probs, embs = [], []
     for i in range(0, len(batch), batch_size):
-        p, e = both(batch[i:i + batch_size], training=False)
+        p, e = both.predict_on_batch(batch[i:i + batch_size])
         probs.append(np.asarray(p))
         embs.append(np.asarray(e, dtype=np.float32))
     return np.concatenate(probs), np.concatenate(embs)
@@ -482,7 +507,7 @@ def mc_predict(model: keras.Model, images: np.ndarray, T: int = 8, batch_size: i
     dropout, *rest = aux["tail"]
     samples = []
     for i in range(0, len(batch), batch_size):
-        feats = aux["pre_dropout"](batch[i:i + batch_size], training=False)
+        feats = aux["pre_dropout"].predict_on_batch(batch[i:i + batch_size])
         draws = []
         for _ in range(T):
             y = dropout(feats, training=True)
@@ -496,3 +521,21 @@ def mc_predict(model: keras.Model, images: np.ndarray, T: int = 8, batch_size: i
 def count_params(model: keras.Model) -> int:
     """Number of weights (trainable and not)."""
     return int(sum(math.prod(w.shape) for w in model.weights))
+
+
+# ----------------------------------------------------------------------------- preset writing (issue 4)
+
+def save_backbone_preset(backbone: keras.Model, directory: str | os.PathLike) -> Path:
+    """Write ``backbone`` as a KerasCV preset folder loadable offline by :func:`build_backbone`.
+
+    Writes ``config.json``, ``model.weights.h5`` and ``metadata.json`` (KerasCV's own preset
+    saver); ``model.backbone_preset`` can then name the folder.
+    """
+    from keras_cv.src.utils.preset_utils import save_to_preset
+
+    if not isinstance(backbone, Backbone):
+        raise ValueError(f"backbone: expected a KerasCV Backbone, got {type(backbone).__name__}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_to_preset(backbone, str(out))
+    return out

@@ -1,0 +1,115 @@
+"""Start and stop a real Label Studio server on 127.0.0.1 (tests and benchmarks).
+
+The ``label-studio`` executable comes from ``$CARDAMAGE_LABEL_STUDIO`` or ``<repo>/.venv-ls/bin/
+label-studio`` (its own virtual environment: its pins differ from TensorFlow's). Each server gets
+a fresh data folder, a known admin with a 40-character legacy token (enabled with
+``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true``), and local-files serving from ``document_root``.
+A fresh data folder answers ``/health`` after about 35 s (database migrations).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_EXECUTABLE = "CARDAMAGE_LABEL_STUDIO"
+
+
+@dataclass
+class LabelStudioServer:
+    """A running server: ``url``, the admin's legacy ``api_key``, folders, and the process."""
+
+    url: str
+    api_key: str
+    username: str
+    data_dir: Path
+    document_root: Path
+    log_file: Path
+    process: subprocess.Popen
+    start_seconds: float
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop the server's process group (only the processes this helper started)."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout_s)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's output (for failure messages)."""
+        text = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.is_file() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def find_executable() -> str | None:
+    """The ``label-studio`` executable, or ``None`` when neither the env variable nor .venv-ls has one."""
+    candidate = os.environ.get(ENV_EXECUTABLE) or str(REPO / ".venv-ls" / "bin" / "label-studio")
+    return candidate if Path(candidate).is_file() and os.access(candidate, os.X_OK) else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(data_dir: Path, document_root: Path, username: str, api_key: str) -> dict[str, str]:
+    """Environment for ``label-studio start`` (see the module docstring)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
+    env.update({
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": username,
+        "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(16),
+        "LABEL_STUDIO_USER_TOKEN": api_key,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+    })
+    return env
+
+
+def start_server(document_root: str | os.PathLike, executable: str | None = None,
+                 data_dir: str | os.PathLike | None = None, timeout_s: float = 120.0) -> LabelStudioServer:
+    """Start ``label-studio start --no-browser --host 127.0.0.1 --port <free>`` and wait for /health.
+
+    Raises:
+        FileNotFoundError: no executable; RuntimeError: the server did not become healthy (log tail included).
+    """
+    from cardamage.labelstudio import LabelStudioError, wait_until_healthy
+
+    exe = executable or find_executable()
+    if exe is None:
+        raise FileNotFoundError(f"no label-studio executable (set {ENV_EXECUTABLE} or create .venv-ls)")
+    data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="ls-data-"))
+    root = Path(document_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port, api_key = free_port(), secrets.token_hex(20)
+    log_file = data / "server.log"
+    start = time.monotonic()
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen([exe, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=server_env(data, root, "admin@example.com", api_key), stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = LabelStudioServer(f"http://127.0.0.1:{port}", api_key, "admin@example.com", data, root, log_file,
+                               process, 0.0)
+    try:
+        wait_until_healthy(server.url, timeout_s, alive=lambda: process.poll() is None)
+    except LabelStudioError as exc:
+        server.stop()
+        raise RuntimeError(f"{exc}\n--- server log ---\n{server.log_tail()}") from None
+    server.start_seconds = time.monotonic() - start
+    return server
