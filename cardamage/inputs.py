@@ -257,10 +257,12 @@ def batched(base: tf.data.Dataset, batch_size: int, training: bool = False, augm
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if augment is not None:
-            ds = ds.map(lambda image, mask: augment_pair(image, mask, augment), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda image, mask: (tf.cast(image, tf.float32), tf.cast(mask, tf.int32)))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if training and augment is not None:  # augment whole batches: one op per batch, not per photo
+        ds = ds.map(lambda images, masks: augment_batch(images, masks, augment), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda images, masks: (tf.cast(images, tf.float32), tf.cast(masks, tf.int32)))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pixel_counts(base: tf.data.Dataset, num_classes: int) -> tuple[np.ndarray, int]:
@@ -277,52 +279,65 @@ def pixel_counts(base: tf.data.Dataset, num_classes: int) -> tuple[np.ndarray, i
     return counts, n
 
 
-def _affine(size: int, aug: Augment) -> tf.Tensor:
-    """Random flip / zoom / rotation / shift as a ``[8]`` projective transform (output -> input pixels)."""
+def _affine(batch: tf.Tensor, size: int, aug: Augment) -> tf.Tensor:
+    """Random flip / zoom / rotation / shift per image as ``[B, 8]`` projective transforms (output -> input)."""
     c = (size - 1) / 2.0
     lo, hi = aug.scale_range
-    s = tf.exp(tf.random.uniform([], math.log(lo), math.log(hi)))
-    theta = tf.random.uniform([], -1.0, 1.0) * aug.rotation_degrees * math.pi / 180.0
-    flip = tf.where(tf.random.uniform([]) < aug.hflip, -1.0, 1.0)
+    s = tf.exp(tf.random.uniform([batch], math.log(lo), math.log(hi)))
+    theta = tf.random.uniform([batch], -1.0, 1.0) * aug.rotation_degrees * math.pi / 180.0
+    flip = tf.where(tf.random.uniform([batch]) < aug.hflip, -1.0, 1.0)
     shift = tf.abs(s - 1.0) * size / 2.0
-    tx, ty = tf.random.uniform([], -1.0, 1.0) * shift, tf.random.uniform([], -1.0, 1.0) * shift
+    tx, ty = tf.random.uniform([batch], -1.0, 1.0) * shift, tf.random.uniform([batch], -1.0, 1.0) * shift
     cos, sin = tf.cos(theta) / s, tf.sin(theta) / s
     # input = F R(-theta) / s (out - c - t) + c, F = diag(flip, 1)
     a00, a01, a10, a11 = flip * cos, flip * sin, -sin, cos
     ux, uy = c + tx, c + ty
     bx = c - (a00 * ux + a01 * uy)
     by = c - (a10 * ux + a11 * uy)
-    return tf.stack([a00, a01, bx, a10, a11, by, 0.0, 0.0])
+    zeros = tf.zeros_like(a00)
+    return tf.stack([a00, a01, bx, a10, a11, by, zeros, zeros], axis=1)
+
+
+def augment_batch(images: tf.Tensor, masks: tf.Tensor, aug: Augment) -> tuple[tf.Tensor, tf.Tensor]:
+    """One random geometric transform per photo for image (bilinear) and mask (nearest), then colour jitter.
+
+    Args:
+        images: ``uint8 [B, S, S, 3]``; masks: ``uint8 [B, S, S]``.
+
+    Returns:
+        ``float32 [B, S, S, 3]`` (0-255) and ``int32 [B, S, S]``; pixels brought in from outside the
+        photo are black in the image and :data:`IGNORE_INDEX` in the mask.
+    """
+    size = int(images.shape[1])
+    transforms = _affine(tf.shape(images)[0], size, aug)
+    shape = tf.constant([size, size], tf.int32)
+    img = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=shape,
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    msk = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(masks, tf.float32)[..., None], transforms=transforms, output_shape=shape,
+        fill_value=float(IGNORE_INDEX), interpolation="NEAREST", fill_mode="CONSTANT")[..., 0]
+    if aug.color_jitter > 0:
+        img = _jitter(img, aug.color_jitter)
+    return img, tf.cast(msk, tf.int32)
 
 
 def augment_pair(image: tf.Tensor, mask: tf.Tensor, aug: Augment) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply one random geometric transform to image (bilinear) and mask (nearest), then colour jitter.
-
-    Args:
-        image: ``uint8 [S, S, 3]``; mask: ``uint8 [S, S]``.
-
-    Returns:
-        ``uint8 [S, S, 3]`` and ``uint8 [S, S]``; pixels brought in from outside are black in the
-        image and :data:`IGNORE_INDEX` in the mask.
-    """
-    size = int(image.shape[0])
-    transform = _affine(size, aug)[None]
-    shape = tf.constant([size, size], tf.int32)
-    img = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=transform, output_shape=shape,
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
-    msk = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(mask, tf.float32)[None, :, :, None], transforms=transform, output_shape=shape,
-        fill_value=float(IGNORE_INDEX), interpolation="NEAREST", fill_mode="CONSTANT")[0, :, :, 0]
-    if aug.color_jitter > 0:
-        img = _jitter(img / 255.0, aug.color_jitter) * 255.0
-    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8), tf.cast(msk, tf.uint8)
+    """:func:`augment_batch` for one ``uint8 [S, S, 3]`` photo and ``uint8 [S, S]`` mask (returns ``uint8``)."""
+    img, msk = augment_batch(image[None], mask[None], aug)
+    return tf.cast(tf.clip_by_value(tf.round(img[0]), 0, 255), tf.uint8), tf.cast(msk[0], tf.uint8)
 
 
 def _jitter(img: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness, contrast, saturation (and a little hue) jitter of a ``[S, S, 3]`` image in 0-1."""
-    img = tf.image.random_brightness(img, 0.5 * strength)
-    img = tf.image.random_contrast(img, 1.0 - strength, 1.0 + strength)
-    img = tf.image.random_saturation(tf.clip_by_value(img, 0.0, 1.0), 1.0 - strength, 1.0 + strength)
-    img = tf.image.random_hue(img, 0.1 * strength)
-    return tf.clip_by_value(img, 0.0, 1.0)
+    """Per-photo brightness, contrast and saturation jitter of ``float32 [B, S, S, 3]`` in 0-255."""
+    n = tf.shape(img)[0]
+
+    def factor(spread: float) -> tf.Tensor:
+        return tf.random.uniform([n, 1, 1, 1], 1.0 - spread, 1.0 + spread)
+
+    img = img + tf.random.uniform([n, 1, 1, 1], -0.5, 0.5) * strength * 255.0
+    mean = tf.reduce_mean(img, axis=[1, 2, 3], keepdims=True)
+    img = (img - mean) * factor(strength) + mean
+    grey = tf.reduce_mean(img, axis=3, keepdims=True)
+    img = (img - grey) * factor(strength) + grey
+    return tf.clip_by_value(img, 0.0, 255.0)

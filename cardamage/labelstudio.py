@@ -357,6 +357,8 @@ def _detail(body: Any) -> str:
         if body.get("validation_errors"):
             parts.append(json.dumps(body["validation_errors"], ensure_ascii=False))
         text = " ".join(p for p in parts if p) or json.dumps(body, ensure_ascii=False)
+    elif isinstance(body, str) and body.lstrip().startswith("<"):
+        text = "the answer is an HTML page, not Label Studio's JSON API"
     else:
         text = str(body or "no detail")
     text = " ".join(text.split())

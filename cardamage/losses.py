@@ -218,7 +218,8 @@ def binary_prf(scores: Sequence[float], labels: Sequence[bool], threshold: float
             "tn": int((~pred & ~y).sum()), "threshold": float(threshold)}
 
 
-def precision_recall_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def precision_recall_curve(scores: Sequence[float],
+                           labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision ``[K]``, recall ``[K]`` and thresholds ``[K]`` at every distinct score (descending)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     thresholds = np.unique(s)[::-1]

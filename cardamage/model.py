@@ -192,21 +192,6 @@ def _backbone_from_preset(preset: str, shape: tuple[int, int, int]) -> keras.Mod
     return backbone
 
 
-def export_backbone_preset(model: keras.Model, folder: str | os.PathLike) -> Path:
-    """Write the backbone of a :class:`SegmentationModel` (or a bare backbone) as a local KerasCV preset.
-
-    The folder (``config.json``, ``model.weights.h5``, ``metadata.json``) is what
-    ``model.backbone_preset`` accepts, e.g. to start a car-part model from a trained damage model.
-    """
-    from keras_cv.src.utils.preset_utils import save_to_preset
-
-    backbone = getattr(model, "backbone", None) or model
-    if not isinstance(backbone, Backbone):
-        raise ValueError(f"model: expected a SegmentationModel or a KerasCV backbone, got {type(model).__name__}")
-    save_to_preset(backbone, str(folder))
-    return Path(folder)
-
-
 def _feature_levels(backbone: keras.Model, input_size: int) -> dict[int, Any]:
     """Map output stride (4, 8, 16, 32) to the backbone's pyramid feature tensors."""
     levels = {}
@@ -238,7 +223,7 @@ def build_model(params: ModelParams, num_classes: int) -> keras.Model:
     return SegmentationModel(backbone=backbone, num_classes=num_classes, architecture=params.architecture,
                              head_filters=params.head_filters, projection_filters=params.projection_filters,
                              aspp_dilation_rates=list(params.aspp_dilation_rates), dropout=params.dropout,
-                             name=f"{params.architecture}_{params.backbone}")
+                             bn_momentum=params.bn_momentum, name=f"{params.architecture}_{params.backbone}")
 
 
 @keras.saving.register_keras_serializable(package="cardamage")
@@ -257,12 +242,14 @@ class SegmentationModel(Task):
         projection_filters: DeepLabV3+ low-level projection channels.
         aspp_dilation_rates: atrous rates of the ASPP on the stride-32 map.
         dropout: rate of the ``mc_dropout`` layer before the classifier.
+        bn_momentum: momentum of every batch-norm moving average (backbone included); ``None``
+            keeps the backbone's own.
     """
 
     def __init__(self, backbone: keras.Model, num_classes: int, architecture: str = "deeplabv3plus",
                  head_filters: int = 128, projection_filters: int = 48,
                  aspp_dilation_rates: Sequence[int] = (2, 4, 6), dropout: float = 0.1,
-                 cardamage_info: dict[str, Any] | None = None, **kwargs: Any):
+                 bn_momentum: float | None = 0.99, cardamage_info: dict[str, Any] | None = None, **kwargs: Any):
         _check_head_args(backbone, num_classes, architecture, head_filters, dropout)
         inputs = backbone.input
         size = int(inputs.shape[1])
@@ -283,6 +270,12 @@ class SegmentationModel(Task):
         x = keras.layers.Resizing(size, size, interpolation="bilinear", name="logits_upsample", dtype="float32")(x)
         probs = keras.layers.Softmax(name="probs", dtype="float32")(x)
         super().__init__(inputs=inputs, outputs=probs, **kwargs)
+        if bn_momentum is not None:
+            if not 0 < bn_momentum < 1:
+                raise ValueError(f"model.bn_momentum: must be in (0, 1), got {bn_momentum}")
+            for layer in self._flatten_layers(include_self=False, recursive=True):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = bn_momentum
         self.backbone = backbone
         self.num_classes = num_classes
         self.architecture = architecture
@@ -290,6 +283,7 @@ class SegmentationModel(Task):
         self.projection_filters = projection_filters
         self.aspp_dilation_rates = list(aspp_dilation_rates)
         self.dropout = dropout
+        self.bn_momentum = bn_momentum
         self.cardamage_info = dict(cardamage_info or {})
 
     def get_config(self) -> dict[str, Any]:
@@ -299,7 +293,7 @@ class SegmentationModel(Task):
             "num_classes": self.num_classes, "architecture": self.architecture,
             "head_filters": self.head_filters, "projection_filters": self.projection_filters,
             "aspp_dilation_rates": self.aspp_dilation_rates, "dropout": self.dropout,
-            "cardamage_info": self.cardamage_info,
+            "bn_momentum": self.bn_momentum, "cardamage_info": self.cardamage_info,
         })
         return config
 
@@ -390,10 +384,15 @@ def save_model(model: keras.Model, path: str | os.PathLike, info: ModelInfo) -> 
 
 
 def _plain_copy(model: keras.Model) -> keras.Model:
-    """An uncompiled copy without optimizer state, so the file holds the weights once."""
-    if getattr(model, "optimizer", None) is None:
+    """An uncompiled float32 copy: no optimizer state in the file, and no fp16 layers on a CPU later."""
+    if getattr(model, "optimizer", None) is None and model.dtype_policy.name == "float32":
         return model
-    copy = SegmentationModel.from_config(model.get_config())
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = SegmentationModel.from_config(model.get_config())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -533,8 +532,10 @@ def save_backbone_preset(backbone: keras.Model, directory: str | os.PathLike) ->
     """
     from keras_cv.src.utils.preset_utils import save_to_preset
 
+    if isinstance(backbone, SegmentationModel):  # e.g. start a car-part model from a trained damage model
+        backbone = backbone.backbone
     if not isinstance(backbone, Backbone):
-        raise ValueError(f"backbone: expected a KerasCV Backbone, got {type(backbone).__name__}")
+        raise ValueError(f"backbone: expected a KerasCV Backbone or a SegmentationModel, got {type(backbone).__name__}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     save_to_preset(backbone, str(out))

@@ -37,7 +37,7 @@ from .dedup import file_sha256
 from .fileio import write_bytes
 from .images import image_size
 from .labelstudio import LabelStudioClient
-from .ledger import LABELLED, UNUSABLE, load_ledger, mark, save_ledger
+from .ledger import LABELLED, PUSHED, UNUSABLE, load_ledger, mark, save_ledger
 from .ls_config import NO_DAMAGE, UNUSABLE as UNUSABLE_CHOICE
 from .masks import instance_mask
 
@@ -330,7 +330,7 @@ def _drop(item: Pulled, via: dict[str, Any], key_of: dict[str | None, str], root
 
 def _replace(via: dict[str, Any], old_key: str | None, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     """``via`` with ``old_key`` replaced by ``key: entry`` in place (order kept), or ``key`` appended."""
-    if old_key is None:
+    if old_key is None or old_key == key:
         via[key] = entry
         return via
     return {(key if k == old_key else k): (entry if k == old_key else v) for k, v in via.items()}
@@ -393,11 +393,13 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -
 
 
 def _update_ledger(ledger: dict[str, dict[str, Any]], pulled: list[Pulled], project_id: int) -> bool:
+    """Mark returned photos ``labelled`` / ``unusable``; a task whose label is not usable (empty, conflicting)
+    stays or becomes pending (``pushed``), also when the ledger had lost it."""
     changed = False
     for item in pulled:
-        if item.sha256 is None or item.verdict in (EMPTY, CONFLICT):
+        if item.sha256 is None:
             continue
-        status = UNUSABLE if item.verdict == UNUSABLE_CHOICE else LABELLED
+        status = {UNUSABLE_CHOICE: UNUSABLE, EMPTY: PUSHED, CONFLICT: PUSHED}.get(item.verdict, LABELLED)
         path = (item.task.get("data") or {}).get("cardamage_path")
         fields = {"task_id": item.task.get("id"), "project_id": project_id}
         if item.sha256 not in ledger:

@@ -171,6 +171,8 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return f'<td class="num">{v:.4g}</td>'
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f'<td class="num">{v}</td>'
         return f"<td>{html.escape(str(v))}</td>"
 
     body = "".join(f"<tr><th>{html.escape(k)}</th>{cell(v)}</tr>" for k, v in rows)

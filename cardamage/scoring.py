@@ -105,7 +105,7 @@ def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbo
 # ----------------------------------------------------------------------------- one batch
 
 def instance_counts(damage: np.ndarray, min_px: int = 16) -> np.ndarray:
-    """Connected damage regions (8-connectivity) of at least ``min_px`` pixels: ``int32 [N]`` from ``bool [N, H, W]``."""
+    """Connected damage regions (8-connectivity) of >= ``min_px`` pixels: ``int32 [N]`` from ``bool [N, H, W]``."""
     out = np.zeros(len(damage), np.int32)
     for i, mask in enumerate(damage):
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)

@@ -102,7 +102,8 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
     shares = [round(float(c) / max(int(counts.sum()), 1), 4) for c in counts]
     log.info("training photos: %d (%d unreadable); label pixel shares %s; class weights %s",
              n_train, len(skipped), shares, [round(float(w), 3) for w in weights])
-    base_va = base_dataset(val_recs, val_root, data.classes, data.class_map, size, resize, skipped) if val_recs else None
+    base_va = (base_dataset(val_recs, val_root, data.classes, data.class_map, size, resize, skipped)
+               if val_recs else None)
     n_val = pixel_counts(base_va, num_classes)[1] if base_va is not None else 0
 
     strategy, use_fp16 = select_strategy(t.mixed_precision)

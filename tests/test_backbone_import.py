@@ -107,3 +107,18 @@ def test_module_import_loads_neither_torch_nor_keras() -> None:
             "print(sorted(m for m in ('torch', 'keras', 'keras_cv', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif("torch" in MISSING, reason="torch not installed; pip install -e '.[import]'")
+def test_cli_fails_loudly_on_a_bad_weights_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cardamage.cli import main
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80\x04 not a pickle")
+    result = CliRunner().invoke(main, ["backbone", "import", "efficientnet-lite0", str(tmp_path / "out"),
+                                       "--weights", str(bad)])
+    assert result.exit_code != 0
+    assert "backbone import failed" in result.output and "not a PyTorch state dict" in result.output
+    assert not (tmp_path / "out").exists()

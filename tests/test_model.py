@@ -10,7 +10,7 @@ import pytest
 
 from cardamage.config import ModelParams
 from cardamage.model import (BACKBONES, ModelInfo, ModelMismatchError, build_backbone, build_model,
-                             export_backbone_preset, load_model, mc_predict, predict_probs,
+                             save_backbone_preset, load_model, mc_predict, predict_probs,
                              predict_with_embeddings, read_model_info, save_model)
 
 SIZE = 64
@@ -95,7 +95,7 @@ def test_mc_dropout_samples_vary_only_with_dropout(small_model, batch):
 
 
 def test_local_preset_folder_initialises_the_backbone(small_model, tmp_path):
-    folder = export_backbone_preset(small_model, tmp_path / "preset")
+    folder = save_backbone_preset(small_model, tmp_path / "preset")
     model = build_model(tiny(backbone_preset=str(folder), input_size=96), 2)
     for a, b in zip(small_model.backbone.weights, model.backbone.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

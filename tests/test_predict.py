@@ -34,6 +34,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def params_file(tmp_path) -> str:
+    """Defaults only: the tests do not depend on the working directory's params.yaml."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    return str(tmp_path / "params.yaml")
+
+
+@pytest.fixture
 def photos(sample, tmp_path) -> Path:
     folder = tmp_path / "claim"
     folder.mkdir()
@@ -43,10 +50,12 @@ def photos(sample, tmp_path) -> Path:
     return folder
 
 
-def test_predict_writes_json_and_splash_per_photo(models, photos, tmp_path):
+def test_predict_writes_json_and_splash_per_photo(models, photos, params_file, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["predict", str(photos), "--model", str(models["damage"]), "--out", str(out),
-                                       "--part-model", str(models["parts"]), "--set", "predict.threshold=0.3"])
+    result = CliRunner().invoke(main, ["predict", str(photos), "--params", params_file,
+                                       "--model", str(models["damage"]), "--out", str(out),
+                                       "--part-model", str(models["parts"]),
+                                       "--set", "predict.threshold=0.3"])
     assert result.exit_code == 0, result.output
     assert "truncated.jpg" in result.output and "wrote 2 assessment(s)" in result.output
     wide = json.loads((out / "wide.json").read_text())
@@ -65,12 +74,12 @@ def test_predict_writes_json_and_splash_per_photo(models, photos, tmp_path):
     assert (out / "11.json").is_file() and (out / "11_splash.jpg").is_file()
 
 
-def test_a_folder_of_unreadable_photos_fails(models, tmp_path, sample):
+def test_a_folder_of_unreadable_photos_fails(models, params_file, tmp_path, sample):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes((sample / "test" / "28.jpg").read_bytes()[:2000])
-    result = CliRunner().invoke(main, ["predict", str(bad), "--model", str(models["damage"]),
-                                       "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["predict", str(bad), "--params", params_file,
+                                       "--model", str(models["damage"]), "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "a.jpg" in result.output
 
 

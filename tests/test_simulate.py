@@ -77,10 +77,10 @@ def test_bald_scores_from_mc_dropout(stopped_and_resumed):
     tmp, params, _, _, _ = stopped_and_resumed
     pool = sim.load_bank(params, ["train"], 12)  # from the feature cache
     trainer = sim.HeadTrainer(params, pool)
-    trunk, tail = trainer.fit(pool, np.arange(4), seed=0)
-    table = sim.pool_scores(params, trunk, tail, pool, np.arange(4, 12), "bald")
+    head = trainer.fit(pool, np.arange(4), seed=0)
+    table = sim.pool_scores(params, head, pool, np.arange(4, 12), "bald")
     assert len(table) == 8 and (table["bald"] >= 0).all() and table["bald"].max() > 0
-    picks = sim.select_round(params, "bald", 0, 0, trunk, tail, pool, list(range(4)))
+    picks = sim.select_round(params, "bald", 0, 0, head, pool, list(range(4)))
     assert len(picks) == 2 and not set(picks) & set(range(4))
 
 

@@ -95,15 +95,19 @@ def test_evaluate_with_other_classes_names_both_lists(run):
     assert "['damage']" in result.output and "['dent']" in result.output
 
 
-def test_part_labels_use_a_per_split_annotation_pattern(sample):
+def test_part_labels_use_a_per_split_annotation_pattern(sample, tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
     # YAML reads a bare {split}... as a mapping: the value is quoted on the command line too
-    params = load_params(overrides=[f"data.root={sample}", 'data.annotation_file="{split}_multiclass.json"',
-                                    "data.classes=[headlamp, door, front_bumper, hood, rear_bumper]"])
+    overrides = [f"data.root={sample}", 'data.annotation_file="{split}_multiclass.json"',
+                 "data.classes=[headlamp, door, front_bumper, hood, rear_bumper]"]
+    params = load_params(tmp_path / "params.yaml", overrides=overrides)
     records, _ = load_records(params.data, ["val"])
     assert len(records) == 8
     assert {i.category for r in records for i in r.instances} <= set(params.data.classes)
 
 
 def test_train_argument_checks(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--set", "train.epochs=0", "--set", f"data.root={tmp_path}"])
+    (tmp_path / "params.yaml").write_text("{}\n")
+    result = CliRunner().invoke(main, ["train", "--params", str(tmp_path / "params.yaml"), "--set", "train.epochs=0",
+                                       "--set", f"data.root={tmp_path}"])
     assert result.exit_code != 0 and "train.epochs: must be >= 1, got 0" in result.output

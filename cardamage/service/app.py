@@ -1,0 +1,175 @@
+"""The claim service: a FastAPI app built by :func:`create_app`, served by uvicorn (``cardamage serve``).
+
+Endpoints: ``POST /v1/assess`` (multipart photos + optional ``claim_id``), ``GET /v1/splash/<id>.jpg``,
+``GET /health``, ``GET /version``, the upload page at ``/`` (``/static/*``), and FastAPI's
+``/openapi.json`` and ``/docs``. The models are loaded once, at startup (lifespan), and reloaded in
+the background when the model file gets a new version (:mod:`.models`). Nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator
+
+import yaml
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import Params, load_params
+from .claims import ClaimService
+from .logs import REQUEST_ID, configure_logging
+from .middleware import RequestContext, UploadLimits
+from .models import ModelHolder
+from .settlement import check_table
+from .uploads import Upload, UploadError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+ASSESS_PATH = "/v1/assess"
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+              415: "unsupported_media_type", 422: "invalid_request"}
+
+
+def model_paths(params: Params, model_path: str | None = None) -> tuple[str, str | None]:
+    """Damage and part model paths: ``--model``, else ``serve.*``, else ``predict.*``."""
+    main = model_path or params.serve.model_path or params.predict.model_path
+    return main, params.serve.part_model_path or params.predict.part_model_path
+
+
+def data_version(params: Params) -> dict[str, Any] | None:
+    """Version of the training data: the prepared folder's hash in ``dvc.lock``, else a hash of the prepare
+    summary (``prepare.summary``), else ``None``."""
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        for name, stage in stages.items():
+            for out in stage.get("outs", []):
+                if Path(out.get("path", "")) == Path(params.prepare.out_dir) and out.get("md5"):
+                    return {"source": "dvc.lock", "stage": name, "path": out["path"], "md5": out["md5"]}
+    summary = Path(params.prepare.summary)
+    if summary.is_file():
+        raw = summary.read_bytes()
+        return {"source": summary.as_posix(), "sha256": hashlib.sha256(raw).hexdigest()[:12],
+                "n_photos": (yaml.safe_load(raw) or {}).get("n_photos")}
+    return None
+
+
+def _error(status: int, code: str, message: str, **more: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **more}, "request_id": REQUEST_ID.get()},
+                        status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        log.info("refused upload: %s %s", exc.code, exc.message)
+        return _error(exc.status, **exc.body())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()]
+        text = "; ".join(f"{'.'.join(f['loc'])}: {f['msg']}" for f in fields)
+        return _error(422, "invalid_request", f"The request is not valid: {text}", fields=fields)
+
+
+def _add_routes(app: FastAPI, service: ClaimService, holder: ModelHolder, params: Params) -> None:
+    started = time.time()
+
+    @app.post(ASSESS_PATH, summary="Assess the damage on claim photos and propose a settlement")
+    def assess(photos: Annotated[list[UploadFile], File(description="One or more photos (JPEG, PNG, WebP)")],
+               claim_id: Annotated[str | None, Form(max_length=128, description="Your claim reference")] = None
+               ) -> JSONResponse:
+        uploads = [Upload(f.filename or f"photo{i + 1}", f.content_type, f.file.read()) for i, f in enumerate(photos)]
+        return JSONResponse(service.assess_claim(uploads, claim_id, REQUEST_ID.get() or ""))
+
+    @app.get("/v1/splash/{splash_id}.jpg", summary="Colour splash picture of an assessed photo",
+             response_class=FileResponse)
+    def splash(splash_id: str) -> FileResponse:
+        try:
+            path = service.splashes.path(splash_id)
+        except ValueError:
+            raise StarletteHTTPException(404, "No such splash picture.") from None
+        if not path.is_file():
+            raise StarletteHTTPException(404, "No such splash picture.")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/health", summary="Liveness and readiness")
+    def health() -> dict[str, Any]:
+        m = holder.current()
+        return {"status": "ok", "model_version": m.main.info.model_version, "reloads": holder.reloads,
+                "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/version", summary="Service, model and data versions")
+    def version() -> dict[str, Any]:
+        return {"service": __version__, **holder.describe(), "data": data_version(params)}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def create_app(params: Params | None = None, model_path: str | None = None) -> FastAPI:
+    """Build the app; the models load when it starts (lifespan), not here.
+
+    Raises:
+        ValueError: a malformed settlement table.
+    """
+    params = params or load_params()
+    check_table(params.settlement)
+    main, part = model_paths(params, model_path)
+    holder = ModelHolder(main, part, params.serve.reload_check_s)
+    service = ClaimService(params, holder)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder.load()
+        holder.start()
+        log.info("serving model %s (version %s)", main, holder.current().main.info.model_version)
+        try:
+            yield
+        finally:
+            holder.stop()
+
+    app = FastAPI(title="cardamage claim service", version=__version__, lifespan=lifespan,
+                  description="Car damage assessment of claim photos, with a settlement proposal.")
+    app.state.holder, app.state.service = holder, service
+    _add_error_handlers(app)
+    _add_routes(app, service, holder, params)
+    app.add_middleware(UploadLimits, max_bytes=int(params.serve.max_upload_mb * (1 << 20)), paths=(ASSESS_PATH,))
+    app.add_middleware(RequestContext)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` / gunicorn: params from ``$CARDAMAGE_PARAMS`` (else ./params.yaml),
+    model from ``$CARDAMAGE_MODEL`` (else the params); sets up the logs as ``serve.log_format`` says."""
+    params = load_params(os.environ.get("CARDAMAGE_PARAMS") or None)
+    configure_logging(params.serve.log_format)
+    return create_app(params, os.environ.get("CARDAMAGE_MODEL") or None)
+
+
+def run_server(params: Params, host: str | None = None, port: int | None = None,
+               model_path: str | None = None) -> None:
+    """``cardamage serve``: build the app and run it on uvicorn until interrupted."""
+    import uvicorn
+
+    configure_logging(params.serve.log_format)
+    app = create_app(params, model_path)
+    uvicorn.run(app, host=host or params.serve.host, port=port or params.serve.port, log_config=None,
+                access_log=False, proxy_headers=True, timeout_graceful_shutdown=30)
