@@ -22,6 +22,7 @@ CORE = [
     "tensorflow-cpu==2.21.*; platform_machine=='x86_64'",
     "keras>=3.15,<3.16",
     "keras-cv==0.9.0",
+    "label-studio-sdk>=2,<3",  # client only; the server lives in its own venv (.venv-ls)
     "dvc>=3",  # the pipeline (dvc.yaml): dvc repro / metrics / plots
     "evidently>=0.7,<0.8",  # drift reports (cardamage.drift); 0.7 needs pandas<3
     # `cardamage serve`; python-multipart >= 0.0.18 coexists with the `multipart` that evidently's

@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     args.preset = args.preset or args.out / "lite0_imagenet"
     if "imagenet" in args.variants and not (args.preset / "config.json").is_file():
         run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], args.out / "import.log")
-    results = {v: run_variant(v, args, args.out) for v in args.variants}
-    (args.out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+    summary = args.out / "summary.json"
+    results = json.loads(summary.read_text()) if summary.is_file() else {}  # keep earlier variants
+    results.update({v: run_variant(v, args, args.out) for v in args.variants})
+    summary.write_text(json.dumps(results, indent=2, default=str))
     print(table(results))
     return 0
 

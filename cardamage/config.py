@@ -196,6 +196,7 @@ class SimulateParams:
     min_steps: int = 200
     batch_size: int = 16
     learning_rate: float = 0.001
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     mc_samples: int = 8
     target_fraction: float = 0.95
     max_pool: Optional[int] = None

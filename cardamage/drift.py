@@ -198,6 +198,10 @@ def compare(table: pd.DataFrame, threshold: float = 0.01, drift_share: float = 0
     from evidently.presets import DataDriftPreset
 
     features, skipped = usable_columns(table, [*FEATURE_COLUMNS, *MODEL_COLUMNS])
+    if not features:
+        counts = table["side"].value_counts().to_dict()
+        raise ValueError(f"drift: at least 2 readable photos are needed on each side (reference "
+                         f"{counts.get('reference', 0)}, current {counts.get('current', 0)})")
     emb_cols, emb_source, emb_note = choose_embedding(table, embedding)
     categorical = [c for c in features if c in CATEGORICAL_FEATURES]
     numerical = [c for c in features if c not in categorical]

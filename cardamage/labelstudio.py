@@ -118,7 +118,10 @@ class LabelStudioClient:
         self._sdk = self._call("connect", self._make_sdk, timeout_s)
 
     def _make_sdk(self, timeout_s: float) -> Any:
-        from label_studio_sdk import LabelStudio
+        try:
+            from label_studio_sdk import LabelStudio
+        except ImportError:
+            raise LabelStudioError("label-studio-sdk is not installed: pip install 'label-studio-sdk>=2,<3'") from None
 
         # The SDK's own retries are off: ours know which calls may be repeated.
         return LabelStudio(base_url=self.url, api_key=self._key, timeout=timeout_s, max_retries=0)

@@ -118,7 +118,7 @@ def convert(task: dict[str, Any], results: list[dict[str, Any]], classes: Sequen
     one = {"id": task.get("id"), "data": task.get("data") or {}, "annotations": [{"result": results}]}
     dataset = parse_labelstudio([one], source)
     restrict_categories(dataset, classes, Issues(source, log))
-    return dataset.images[0]
+    return dataset.images[0] if dataset.images else ImageRecord(path=f"task-{task.get('id')}", labelled=False)
 
 
 def verdict_of(record: ImageRecord) -> str:

@@ -13,14 +13,17 @@ reference, and per strategy the number of labels at which the mean curve first r
 photos, one line per strategy with a min-max band over the seeds.
 
 Affordable on 2 CPU cores because the backbone is FROZEN: its feature pyramid (strides 4, 8, 16,
-32) and pooled embedding (spatial mean of the stride-32 map, as :func:`cardamage.model.predict_with_embeddings`)
-are computed once per photo at ``simulate.input_size`` (default 128 px, letterboxed as in
-:mod:`cardamage.inputs`) and cached to ``.npz`` in ``simulate.cache_dir``. Each round retrains from
-scratch only a small FPN-style decoder head (1x1 lateral convs, two 3x3 conv-BN-ReLU blocks,
-dropout, 1x1 classifier, bilinear upsampling; loss = class-weighted cross-entropy + Dice as in
-training). MC-dropout (BALD) samples only the head's dropout and classifier. The backbone is
-``simulate.backbone`` (default: ``model.backbone``) with ``simulate.backbone_preset`` (default:
-``model.backbone_preset``; ``null`` = random init, which makes weak features).
+32) and pooled embedding (spatial mean of the stride-32 map, as
+:func:`cardamage.model.predict_with_embeddings`) are computed once per photo at
+``simulate.input_size`` (default 128 px, letterboxed as in :mod:`cardamage.inputs`) and cached to
+``.npz`` in ``simulate.cache_dir``. Each round retrains from scratch only a small FPN-style decoder
+head (1x1 lateral convs summed top-down to stride 8, one 3x3 conv-BN-ReLU, a 1x1 fusion with the
+stride-4 map, dropout, 1x1 classifier, bilinear upsampling to the input size; loss = class-weighted
+cross-entropy + Dice as in training; Adam, per-epoch cosine decay by default). MC-dropout (BALD)
+samples only the head's dropout and classifier; acquisition scores are computed on the head's
+stride-4 probabilities. The backbone is ``simulate.backbone`` (default: ``model.backbone``) with
+``simulate.backbone_preset`` (default: ``model.backbone_preset``; ``null`` = random init, which
+makes weak features; ``cardamage backbone import efficientnet-lite0 DIR`` makes an ImageNet one).
 
 Every finished round is saved to ``simulate.state_file`` (JSON, atomic): running the command again
 resumes where it stopped; ``max_rounds`` stops each run after that round.
@@ -282,8 +285,12 @@ class HeadTrainer:
         self.class_weights.assign(class_weights_from_counts(counts, train.class_weighting, train.max_class_weight))
         steps = math.ceil(len(index) / sim.batch_size)
         epochs = max(sim.epochs, math.ceil(sim.min_steps / steps))
+        callbacks = []
+        if sim.lr_schedule == "cosine":  # decays to 0: the last epoch's weights vary less between runs
+            callbacks.append(keras.callbacks.LearningRateScheduler(
+                lambda epoch: sim.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))))
         self.model.fit(bank.inputs(index), masks.astype(np.int32), batch_size=sim.batch_size, epochs=epochs,
-                       shuffle=True, verbose=0)
+                       shuffle=True, verbose=0, callbacks=callbacks)
         return self.head
 
 
@@ -360,7 +367,7 @@ def select_round(params: Params, strategy: str, seed: int, round_no: int, head: 
 def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
     sim = params.simulate
     keys = ("initial", "rounds", "budget", "input_size", "head_filters", "dropout", "epochs", "min_steps",
-            "batch_size", "learning_rate", "mc_samples", "max_pool", "max_val")
+            "batch_size", "learning_rate", "lr_schedule", "mc_samples", "max_pool", "max_val")
     return {**{k: getattr(sim, k) for k in keys}, "backbone": backbone_config(params),
             "data_root": str(params.data.root), "train_splits": params.data.train_splits,
             "val_splits": params.data.val_splits, "classes": params.data.classes,

@@ -111,6 +111,11 @@ def test_cli_writes_html_summary_details_and_features(tables, tmp_path, request)
     assert failing.exit_code == 1
 
 
+def test_one_current_photo_is_refused_with_a_clear_message(tables):
+    with pytest.raises(ValueError, match=r"at least 2 readable photos .* current 1"):
+        compare(_pair(tables["train"], tables["orig"].iloc[:1]))
+
+
 def test_feature_results_reads_tests_and_falls_back_to_the_method():
     report = {"metrics": [
         {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "a", "method": "K-S p_value",

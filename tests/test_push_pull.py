@@ -39,7 +39,8 @@ def make_params(tmp_path: Path, image_access: str = "upload", root: Path | None 
         project_title=f"push pull test {next(_titles)} {tmp_path.name}", image_access=image_access,
         local_files_root=str(root) if root else None, batch_size=batch_size, timeout_s=30, max_retries=2,
         ledger=str(tmp_path / "annotation" / "ledger.json"), exports_dir=str(tmp_path / "annotation" / "exports"),
-        labelled_dir=str(tmp_path / "data" / "labelled"), report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"))
+        labelled_dir=str(tmp_path / "data" / "labelled"),
+        report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"))
     return params
 
 
@@ -81,7 +82,8 @@ def task_of(params: Params, photo: Path) -> int:
 
 def snapshot(*folders: Path) -> dict[str, tuple[bytes, int]]:
     """Bytes and mtime of every file under ``folders``."""
-    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for d in folders for f in sorted(d.rglob("*")) if f.is_file()}
+    files = [f for d in folders for f in sorted(d.rglob("*")) if f.is_file()]
+    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
 
 
 def close(got, expected, atol: float = 1e-4) -> None:
@@ -153,6 +155,12 @@ def test_end_to_end_upload(ls_client, ls_photos, tmp_path):
     assert (again.added, again.changed, again.unchanged) == (0, 0, 2)
     assert snapshot(labelled, Path(params.labelstudio.exports_dir), tmp_path / "reports",
                     tmp_path / "annotation") == before
+
+    ls_client.create_annotation(task_of(params, photo11), [polygon(DRAWN["a2"], size, "b1")])  # a second opinion
+    changed = pull_project(ls_client, project_id, params)
+    assert (changed.added, changed.changed, changed.unchanged, changed.disagreements) == (0, 1, 1, 1)
+    [instance] = load_dataset(labelled).by_path()["images/11.jpg"].instances
+    close(instance.polygons[0], drawn_px[1])
 
 
 def test_push_twice_and_lost_ledger_create_no_duplicates(ls_client, ls_server, ls_project, ls_photos, tmp_path):

@@ -32,6 +32,23 @@ def tiny_model(path: Path, classes: list[str]) -> Path:
     return path
 
 
+_CACHE: dict[str, Path] = {}
+
+
+def cached_model(classes: list[str]) -> Path:
+    """A tiny model built once per test session for these classes (copy it before changing the file)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    key = ",".join(classes)
+    if key not in _CACHE:
+        folder = Path(tempfile.mkdtemp(prefix="cardamage-service-models-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _CACHE[key] = tiny_model(folder / f"model{len(_CACHE)}.keras", classes)
+    return _CACHE[key]
+
+
 def service_params(tmp: Path, model: Path, part_model: Path | None = None, **serve: object):
     """Project params with the service writing under ``tmp`` and a low damage threshold (a random model)."""
     from cardamage.config import load_params

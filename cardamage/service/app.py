@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 ASSESS_PATH = "/v1/assess"
+ASSESS_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "An empty, truncated or corrupt photo (`error.files` names each)"},
+    413: {"description": "Over serve.max_upload_mb, over serve.max_photos_per_request, or too many pixels"},
+    415: {"description": "Not multipart/form-data, a part that is not an image, or an unsupported format"},
+    422: {"description": "No `photos` field, or a `claim_id` over 128 characters"},
+}
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
               415: "unsupported_media_type", 422: "invalid_request"}
 
@@ -89,7 +95,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_routes(app: FastAPI, service: ClaimService, holder: ModelHolder, params: Params) -> None:
     started = time.time()
 
-    @app.post(ASSESS_PATH, summary="Assess the damage on claim photos and propose a settlement")
+    @app.post(ASSESS_PATH, summary="Assess the damage on claim photos and propose a settlement",
+              responses=ASSESS_ERRORS)
     def assess(photos: Annotated[list[UploadFile], File(description="One or more photos (JPEG, PNG, WebP)")],
                claim_id: Annotated[str | None, Form(max_length=128, description="Your claim reference")] = None
                ) -> JSONResponse:

@@ -17,7 +17,7 @@ from typing import Any
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("cardamage_request_id", default=None)
 
 #: Attributes every LogRecord has; anything else came through ``extra=`` and is logged as a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "taskName", "color_message"}
 
 
 class RequestIdFilter(logging.Filter):

@@ -82,26 +82,22 @@ def _problem(code: str, value: float, limit: float, **fmt: Any) -> dict[str, Any
 
 
 def judge(m: dict[str, float], p: ServeParams) -> list[dict[str, Any]]:
-    """Problems of measures ``m`` (from :func:`measure`) against the thresholds of ``p``, in order of
-    importance; a picture that is not a photo gets only that problem (the others would be noise)."""
+    """Problems of measures ``m`` (from :func:`measure`) against the thresholds of ``p``: the first failed
+    check only, in this order: size, exposure, uniform, screenshot, focus. A dark or overexposed photo
+    also has little contrast, few colours and no sharp edges, so the later checks would only add noise."""
     short = min(m["width"], m["height"])
     if short < p.min_side_px:
         return [_problem("too_small", short, p.min_side_px, width=int(m["width"]), height=int(m["height"]),
                          min_side_px=p.min_side_px)]
-    if m["contrast"] < p.min_contrast:
-        return [_problem("not_a_photo_uniform", m["contrast"], p.min_contrast)]
-    if m["colours"] < p.min_colours:
-        return [_problem("not_a_photo_screenshot", m["colours"], p.min_colours)]
-    if m["flat_share"] > p.max_flat_share:
-        return [_problem("not_a_photo_screenshot", m["flat_share"], p.max_flat_share)]
-    problems = []
-    if m["brightness"] < p.min_brightness:
-        problems.append(_problem("too_dark", m["brightness"], p.min_brightness))
-    elif m["brightness"] > p.max_brightness:
-        problems.append(_problem("too_bright", m["brightness"], p.max_brightness))
-    if m["sharpness"] < p.min_sharpness:
-        problems.append(_problem("too_blurred", m["sharpness"], p.min_sharpness))
-    return problems
+    checks = [
+        ("too_dark", m["brightness"], p.min_brightness, m["brightness"] < p.min_brightness),
+        ("too_bright", m["brightness"], p.max_brightness, m["brightness"] > p.max_brightness),
+        ("not_a_photo_uniform", m["contrast"], p.min_contrast, m["contrast"] < p.min_contrast),
+        ("not_a_photo_screenshot", m["colours"], p.min_colours, m["colours"] < p.min_colours),
+        ("not_a_photo_screenshot", m["flat_share"], p.max_flat_share, m["flat_share"] > p.max_flat_share),
+        ("too_blurred", m["sharpness"], p.min_sharpness, m["sharpness"] < p.min_sharpness),
+    ]
+    return next(([_problem(code, value, limit)] for code, value, limit, failed in checks if failed), [])
 
 
 def check_photo(rgb: np.ndarray, p: ServeParams, max_side: int = 512) -> QualityVerdict:
