@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)  # kept (with server.log) only when the run failed
     result = {"photos": len(files), "photo_px": _sizes(files), "model_path": model_path,
               "model": {k: round(v * 1000, 1) for k, v in model.items()}, "levels": levels, "memory": memory,
               "cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()]}

@@ -94,7 +94,7 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
         fresh = (known["model_version"] == version) & (known["reduction"] == reduction_tag(params.score))
         have = known[fresh][cols]
     done = set(have["id"])
-    todo = [PoolPhoto(Path(f), str(f), s, "") for f, s in zip(files, shas) if s not in done]
+    todo = [PoolPhoto(Path(f), str(f), s, "") for f, s in zip(files, shas, strict=True) if s not in done]
     rows = []
     if todo:
         scorer = load_scorer(params.score.model_path, params.score.batch_size)
@@ -244,10 +244,10 @@ def feature_results(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         column = test.get("metric_config", {}).get("params", {}).get("column")
         if column in out:
             out[column]["drifted"] = test.get("status") == "FAIL"
-    for column, result in out.items():
+    for result in out.values():
         if result["drifted"] is None:  # no test result: decide from the method's kind of score
-            is_p = "p_value" in str(result["method"])
-            result["drifted"] = result["score"] < result["threshold"] if is_p else result["score"] >= result["threshold"]
+            score, threshold = result["score"], result["threshold"]
+            result["drifted"] = score < threshold if "p_value" in str(result["method"]) else score >= threshold
     return out
 
 

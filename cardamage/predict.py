@@ -183,19 +183,26 @@ def predict_paths(paths: Sequence[str | os.PathLike], params: Params, out_dir: s
     Writes ``<out_dir>/<stem>.json`` and ``<out_dir>/<stem>_splash.<jpg|png>`` per photo.
     """
     p = params.predict
-    out = Path(out_dir or p.out_dir)
     files = expand_inputs(paths)
     if not files:
         raise ValueError(f"predict: no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(x) for x in paths]}")
     main = LoadedModel(*load_model(model_path or p.model_path), str(model_path or p.model_path))
     part_path = part_model_path or p.part_model_path
     part = LoadedModel(*load_model(part_path), str(part_path)) if part_path else None
+    return predict_files(files, main, params, Path(out_dir or p.out_dir), part)
+
+
+def predict_files(files: Sequence[Path], main: LoadedModel, params: Params, out: Path,
+                  part: LoadedModel | None = None) -> PredictReport:
+    """:func:`predict_paths` with models already loaded (a service or a benchmark keeps them warm)."""
+    p = params.predict
     report, used = PredictReport(), set()
-    for start in range(0, len(files), max(1, p.batch_size)):
+    step = max(1, p.batch_size)
+    for start in range(0, len(files), step):
         batch = []
-        for f in files[start:start + max(1, p.batch_size)]:
+        for f in files[start:start + step]:
             try:
-                batch.append((f, load_image(f)))
+                batch.append((Path(f), load_image(f)))
             except ImageLoadError as exc:
                 log.warning("skipping %s", exc)
                 report.failed.append((str(f), str(exc)))

@@ -114,7 +114,7 @@ def fill_hashes(items: Sequence[Item]) -> list[Item]:
     """Set ``sha256`` and ``phash``; photos that cannot be decoded are dropped with a warning."""
     shas, phashes = hash_files(i.file for i in items)
     kept = []
-    for item, sha, ph in zip(items, shas, phashes):
+    for item, sha, ph in zip(items, shas, phashes, strict=True):
         item.sha256, item.phash = sha, ph
         if ph is None:
             log.warning("%s: unreadable photo left out of the prepared dataset", item.origin)

@@ -40,7 +40,7 @@ class PhotoScorer:
         """Score one batch; unreadable photos come back with ``ok=False`` and the reason in ``error``."""
         from .scoring import iter_batches, score_batch
 
-        photos = [PoolPhoto(Path(p), str(i), "", "") for i, p in zip(batch["i"], batch["path"])]
+        photos = [PoolPhoto(Path(p), str(i), "", "") for i, p in zip(batch["i"], batch["path"], strict=True)]
         unreadable: dict[str, str] = {}
         rows: dict[int, dict[str, Any]] = {}
         p, mc = self.params, self.params.mc_samples if self.scorer.sample is not None else 0

@@ -185,7 +185,8 @@ def _section(title: str, body: str) -> str:
 
 def _figure(a: Artifact, page_dir: Path) -> str:
     src = html.escape(_rel(a.path, page_dir))
-    return f'<figure><img src="{src}" alt="{html.escape(a.title)}"><figcaption>{html.escape(a.title)}</figcaption></figure>'
+    title = html.escape(a.title)
+    return f'<figure><img src="{src}" alt="{title}"><figcaption>{title}</figcaption></figure>'
 
 
 def _link(a: Artifact, page_dir: Path) -> str:

@@ -7,6 +7,8 @@ of the same photos, and the untouched val/test photos, must not.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,21 @@ def test_cli_writes_html_summary_details_and_features(tables, tmp_path, request)
     assert set(features["side"]) == {"reference", "current"} and "sharpness" in features.columns
     failing = CliRunner().invoke(main, args + ["--fail-on-drift"])
     assert failing.exit_code == 1
+    _renders_offline(rep / "drift.html", tmp_path)
+
+
+def _renders_offline(page: Path, tmp: Path) -> None:
+    """The Evidently page draws something in headless Chromium without network (skipped without it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    shot = tmp / "drift.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp / 'profile'}", "--window-size=1000,1000", "--virtual-time-budget=10000",
+                    f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert (pixels < 128).mean() > 0.005, "the drift report rendered blank"
 
 
 def test_one_current_photo_is_refused_with_a_clear_message(tables):

@@ -81,7 +81,8 @@ def test_metrics_and_plots_are_declared():
     assert {"${evaluate.metrics_file}", "${drift.summary}", "${prepare.summary}"} <= set(metrics)
     assert "${train.history_csv}" in plots and "${evaluate.plots_dir}/pr_curve.png" in plots
     assert "${train.model_path}" in _names(stages["train"]["outs"])
-    assert "${drift.html}" in _names(stages["drift"]["outs"]) and "${report.out_file}" in _names(stages["report"]["outs"])
+    assert "${drift.html}" in _names(stages["drift"]["outs"])
+    assert "${report.out_file}" in _names(stages["report"]["outs"])
 
 
 # ----------------------------------------------------------------------------- end to end

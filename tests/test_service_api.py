@@ -286,3 +286,18 @@ def _wait(condition, what: str, timeout_s: float = 90.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def test_instance_part_is_the_part_under_most_of_the_region():
+    from cardamage.service.claims import instance_parts
+
+    part_probs = np.zeros((40, 60, 3), np.float32)
+    part_probs[..., 0] = 1.0                       # background everywhere ...
+    part_probs[:, :30, 1] = 2.0                    # ... "door" on the left half
+    part_probs[:, 30:, 2] = 2.0                    # ... "hood" on the right half
+    part_probs[:, 50:, 0] = 3.0                    # ... background again at the far right
+    regions = [{"polygons": [[[25, 5], [45, 5], [45, 20], [25, 20]]]},   # mostly over the hood
+               {"polygons": [[[52, 5], [58, 5], [58, 20]]]},             # off the car
+               {"polygons": []}]
+    instance_parts(regions, part_probs, ["door", "hood"])
+    assert [r["part"] for r in regions] == ["hood", None, None]

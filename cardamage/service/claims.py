@@ -38,8 +38,9 @@ def instance_parts(instances: Sequence[dict[str, Any]], part_probs: np.ndarray, 
     part_labels = part_probs.argmax(-1)
     for inst in instances:
         mask = np.zeros(part_labels.shape, np.uint8)
-        polys = [np.round(np.asarray(p)).astype(np.int32).reshape(-1, 1, 2) for p in inst["polygons"]]
-        cv2.fillPoly(mask, polys, 1)
+        polys = [np.round(np.asarray(p)).astype(np.int32).reshape(-1, 1, 2) for p in inst["polygons"] if len(p)]
+        if polys:
+            cv2.fillPoly(mask, polys, 1)
         counts = np.bincount(part_labels[mask > 0].ravel(), minlength=len(parts) + 1)[1:]
         inst["part"] = parts[int(counts.argmax())] if counts.size and counts.max() > 0 else None
 
