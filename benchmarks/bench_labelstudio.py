@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +116,15 @@ def row(label: str, n: int, seconds: float) -> str:
 def run(client: LabelStudioClient, root: Path, n: int, batch_size: int, baseline_n: int, upload_n: int,
         annotate_n: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ls-"))
+    try:
+        _steps(client, root, work, n, batch_size, baseline_n, upload_n, annotate_n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(root / "bench", ignore_errors=True)
+
+
+def _steps(client: LabelStudioClient, root: Path, work: Path, n: int, batch_size: int, baseline_n: int,
+           upload_n: int, annotate_n: int) -> None:
     photos = photos_from_paths(make_photos(root / "bench" / "pool", n))
     rows = []
     push_s, _, params = timed_push(client, "bench batched", photos, work, root, "local-files", batch_size)
@@ -171,6 +181,8 @@ def main() -> None:
             args.baseline_n, args.upload_n, args.annotate_n)
     finally:
         server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        shutil.rmtree(server.document_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+#: The real Label Studio server fixtures (ls_server, ls_client, ls_project, ls_photos).
+pytest_plugins = ["conftest_labelstudio"]
+
 REPO = Path(__file__).resolve().parents[1]
 #: The embedded car-damage-via sample (VIA 2.x, MIT), one folder per split.
 SAMPLE = REPO / "data" / "sample"

@@ -48,3 +48,15 @@ def test_bad_override_syntax():
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+def test_atomic_write_leaves_no_temp_file_and_keeps_old_content_on_error(tmp_path):
+    from cardamage.fileio import atomic_path, write_json
+
+    target = write_json(tmp_path / "out.json", {"a": 1})
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text().strip().endswith("}") and list(tmp_path.iterdir()) == [target]
