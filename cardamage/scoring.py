@@ -150,7 +150,7 @@ def _batch_table(photos: list[PoolPhoto], cols: dict[str, np.ndarray], emb: np.n
     import pyarrow as pa
 
     ids = [p.sha256 for p in photos]
-    data = {"id": ids, "path": [p.name for p in photos], **{k: v for k, v in cols.items()},
+    data = {"id": ids, "path": [p.name for p in photos], **cols,
             "random": random_scores(ids, params.random_seed),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1]),
             "phash": [p.phash for p in photos], "model_version": [version] * len(photos),
