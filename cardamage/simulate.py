@@ -376,8 +376,14 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
             "hybrid_score": params.select.hybrid_score, "n_pool": n_pool, "n_val": n_val}
 
 
+#: Config keys that may change between runs of one state: more rounds extend the finished runs.
+_EXTENDABLE = ("rounds",)
+
+
 def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """The saved state for ``config`` (a new one when absent or ``fresh``).
+
+    Strategies and seeds may be added, and ``rounds`` raised, without starting over.
 
     Raises:
         ValueError: the file was written for another configuration.
@@ -385,34 +391,47 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
     if fresh or not path.is_file():
         return {"config": config, "runs": {}, "full_pool": None}
     state = json.loads(path.read_text(encoding="utf-8"))
-    if json.loads(json.dumps(config)) != state.get("config"):
+    saved = {k: v for k, v in (state.get("config") or {}).items() if k not in _EXTENDABLE}
+    if {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE} != saved:
         raise ValueError(f"{path}: saved for another simulation configuration; run with --fresh "
                          "or set simulate.state_file to another file")
+    state["config"] = config
     log.info("resuming from %s", path)
     return state
 
 
 def run_one(params: Params, state: dict[str, Any], state_path: Path, trainer: HeadTrainer, strategy: str,
             seed: int, pool: FeatureBank, val: FeatureBank, max_rounds: int | None) -> dict[str, Any]:
-    """Advance one (strategy, seed) run as far as allowed, saving the state after every round."""
+    """Advance one (strategy, seed) run as far as allowed, saving the state after every round.
+
+    A round trains on the labelled photos, evaluates, and (unless it is the last) selects the next
+    ones. A run that ended at a smaller ``rounds`` first retrains its last model (same seed; models
+    are not saved) to select, then goes on.
+    """
     sim = params.simulate
     num_classes = len(params.data.classes) + 1
     run = state["runs"].setdefault(f"{strategy}/{seed}", {"strategy": strategy, "seed": seed, "history": [],
                                                           "labelled": _initial(len(pool.paths), sim.initial, seed)})
     last = sim.rounds if max_rounds is None else min(sim.rounds, max_rounds)
-    while len(run["history"]) <= last:
-        round_no = len(run["history"])
+    history = run["history"]
+    if history and len(run["labelled"]) == history[-1]["labelled"] and len(history) <= last:
+        prev = len(history) - 1
+        head = trainer.fit(pool, np.array(run["labelled"]), seed * 1000 + prev)
+        run["labelled"] = run["labelled"] + select_round(params, strategy, seed, prev, head, pool, run["labelled"])
+        write_json(state_path, state)
+    while len(history) <= last:
+        round_no = len(history)
         start = time.perf_counter()
         head = trainer.fit(pool, np.array(run["labelled"]), seed * 1000 + round_no)
         metrics = evaluate_head(head, val, num_classes)
-        run["history"].append({"round": round_no, "labelled": len(run["labelled"]), **metrics,
-                               "seconds": round(time.perf_counter() - start, 2)})
+        history.append({"round": round_no, "labelled": len(run["labelled"]), **metrics,
+                        "seconds": round(time.perf_counter() - start, 2)})
         if round_no < sim.rounds:
             run["labelled"] = run["labelled"] + select_round(params, strategy, seed, round_no, head, pool,
                                                              run["labelled"])
         write_json(state_path, state)
         log.info("%s seed %d round %d: %d labelled, val mean IoU %.4f", strategy, seed, round_no,
-                 run["history"][-1]["labelled"], metrics["mean_iou"])
+                 history[-1]["labelled"], metrics["mean_iou"])
     return run
 
 
@@ -455,6 +474,9 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
                          f"{sim.initial} / {sim.budget} / {sim.rounds}")
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
+    if sim.initial + sim.rounds * sim.budget > len(pool.paths):
+        raise ValueError(f"simulate: initial + rounds x budget = {sim.initial + sim.rounds * sim.budget} photos, "
+                         f"but the pool has {len(pool.paths)}")
     state_path = Path(sim.state_file)
     state = load_state(state_path, _config(params, len(pool.paths), len(val.paths)), fresh)
     trainer = HeadTrainer(params, pool)
@@ -464,7 +486,8 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     complete = max_rounds is None or max_rounds >= sim.rounds
     if complete:
         full_pool_reference(params, state, state_path, trainer, pool, val)
-    result = summarise(state, sim.strategies, sim.target_fraction, complete)
+    strategies = list(dict.fromkeys([*sim.strategies, *(r["strategy"] for r in state["runs"].values())]))
+    result = summarise(state, strategies, sim.target_fraction, complete)
     write_json(sim.out, result)
     plot_curves(result, sim.plot)
     return result

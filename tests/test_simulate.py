@@ -67,6 +67,21 @@ def test_result_json_and_plot(stopped_and_resumed):
     assert "random" in sim.format_summary(full)
 
 
+def test_more_rounds_extend_a_finished_run(stopped_and_resumed):
+    tmp, params, _, _, _ = stopped_and_resumed
+    before = json.loads((tmp / "state.json").read_text())
+    result = sim.run_simulation(_params(tmp, "simulate.rounds=3", "simulate.strategies=[random]",
+                                        f"simulate.out={tmp / 'more.json'}", f"simulate.plot={tmp / 'more.png'}"))
+    after = json.loads((tmp / "state.json").read_text())
+    for seed in (0, 1):
+        run = after["runs"][f"random/{seed}"]
+        assert [h["labelled"] for h in run["history"]] == [4, 6, 8, 10]
+        assert run["history"][:3] == before["runs"][f"random/{seed}"]["history"]
+        assert after["runs"][f"hybrid/{seed}"] == before["runs"][f"hybrid/{seed}"]
+    assert result["curves"]["random"]["labelled"] == [4, 6, 8, 10]
+    assert result["curves"]["hybrid"]["labelled"] == [4, 6, 8]  # still reported
+
+
 def test_another_configuration_is_refused(stopped_and_resumed):
     tmp, _, _, _, _ = stopped_and_resumed
     with pytest.raises(ValueError, match="--fresh"):
