@@ -377,8 +377,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: the key must name a section and a key, e.g. train.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc})") from exc
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. "{split}_multiclass.json"): take the text as a string
     return key, value
 
 

