@@ -226,8 +226,7 @@ def select(params: Params, budget: int | None, strategy: str | None, seed: int |
         except ImportError:
             raise click.ClickException(f"--push: the Label Studio push (cardamage/push.py) is not available in this "
                                        f"version; the selection is in {out}") from None
-        result = push_selection(out, params)
-        click.echo(f"pushed to Label Studio: {result}")
+        click.echo(str(push_selection(out, params)))
 
 
 @main.command()
