@@ -11,7 +11,6 @@ or served as it is. No JavaScript, no network.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import html
 import json
 import logging
@@ -23,6 +22,7 @@ from string import Template
 from typing import Any
 
 from .config import Params
+from .dedup import file_sha256
 from .fileio import write_text
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def file_digest(path: Path, n: int = 12) -> str | None:
     """First ``n`` hex characters of the sha256 of a file, ``None`` if missing."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:n] if path.is_file() else None
+    return file_sha256(path)[:n] if path.is_file() else None
 
 
 def dvc_lock_hash(out_dir: str, lock: Path = Path("dvc.lock")) -> str | None:
