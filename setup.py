@@ -24,7 +24,7 @@ CORE = [
     "keras-cv==0.9.0",
     "label-studio-sdk>=2,<3",  # client only; the server lives in its own venv (.venv-ls)
     "dvc>=3",  # the pipeline (dvc.yaml): dvc repro / metrics / plots
-    "evidently>=0.7,<0.8",  # drift reports (cardamage.drift); 0.7 needs pandas<3
+    "evidently>=0.7,<0.8",  # drift reports (cardamage.monitoring.drift); 0.7 needs pandas<3
     # `cardamage serve`; python-multipart >= 0.0.18 coexists with the `multipart` that evidently's
     # litestar needs (its `multipart` shim loads that multipart.py when present)
     "fastapi>=0.115",
@@ -41,7 +41,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["cardamage", "cardamage.*"]),
-    package_data={"cardamage": ["*.xml", "*.html", "templates/*", "service/static/*"]},
+    package_data={"cardamage": ["monitoring/templates/*", "service/static/*"]},
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=8", "scikit-image>=0.22", "httpx>=0.27", "websockets>=12"],

@@ -1,7 +1,7 @@
 """Benchmark the streaming scorer against the raw network on the same photos, in the same run.
 
 * raw: ``model.predict`` on photos already decoded and letterboxed (the network alone);
-* scorer: :func:`cardamage.scoring.score_photos` end to end (decode, letterbox, forward pass with
+* scorer: :func:`cardamage.active.scoring.score_photos` end to end (decode, letterbox, forward pass with
   embeddings, acquisition scores, damage regions, Parquet) without and with MC-dropout;
 * MC-dropout cost per pass = (scorer with T samples - scorer without) / T, per photo, also as a
   share of one full forward pass.
@@ -37,12 +37,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from cardamage.config import ScoreParams, load_params
-    from cardamage.dedup import file_sha256
-    from cardamage.images import list_images, load_image
-    from cardamage.inputs import prepare_image
-    from cardamage.model import ModelInfo, build_model, save_model
-    from cardamage.pool import PoolPhoto
-    from cardamage.scoring import load_scorer, score_photos
+    from cardamage.data.dedup import file_sha256
+    from cardamage.data.images import list_images, load_image
+    from cardamage.model.inputs import prepare_image
+    from cardamage.model.network import ModelInfo, build_model, save_model
+    from cardamage.active.pool import PoolPhoto
+    from cardamage.active.scoring import load_scorer, score_photos
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_score_"))
     model_path = args.model
@@ -56,7 +56,7 @@ def main() -> None:
     photos = [PoolPhoto(f, str(f), file_sha256(f), "0" * 16) for f in files]
     scorer = load_scorer(model_path, args.batch)
     size = scorer.input_size
-    from cardamage.model import load_model
+    from cardamage.model.network import load_model
 
     model, info = load_model(model_path)
     batch = np.stack([prepare_image(load_image(f), size, info.resize)[0] for f in files])

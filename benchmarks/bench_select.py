@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import cdist
 
-from cardamage.selection import k_center_greedy, l2_normalise, select_batch
+from cardamage.active.selection import k_center_greedy, l2_normalise, select_batch
 
 
 def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:

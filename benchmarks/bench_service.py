@@ -2,8 +2,8 @@
 
 In one run:
 
-* the model alone: :func:`cardamage.predict.full_res_probs` on each photo, one at a time, in this
-  process (network + letterbox undone), and the same plus :func:`cardamage.predict.assess`;
+* the model alone: :func:`cardamage.model.predict.full_res_probs` on each photo, one at a time, in this
+  process (network + letterbox undone), and the same plus :func:`cardamage.model.predict.assess`;
 * the service: ``cardamage serve`` started as a subprocess on 127.0.0.1 (a free port, its own
   incoming pool and splash folder under a temporary folder), single-photo ``POST /v1/assess``
   requests from 1, 4 and 16 client threads: requests/s and latency p50 / p95 / p99, and the p50
@@ -51,7 +51,7 @@ def free_port() -> int:
 def build_model(tmp: Path, size: int) -> str:
     """An untrained model from params.yaml's model section at ``size`` px."""
     from cardamage.config import load_params
-    from cardamage.model import ModelInfo, build_model as build, save_model
+    from cardamage.model.network import ModelInfo, build_model as build, save_model
 
     params = load_params(REPO / "params.yaml")
     mp = dataclasses.replace(params.model, input_size=size)
@@ -64,9 +64,9 @@ def build_model(tmp: Path, size: int) -> str:
 def model_times(model_path: str, files: list[Path]) -> dict[str, float]:
     """Median seconds per photo of the model alone, and of model + assessment, one photo at a time."""
     from cardamage.config import load_params
-    from cardamage.images import load_image
-    from cardamage.model import load_model
-    from cardamage.predict import LoadedModel, assess, full_res_probs
+    from cardamage.data.images import load_image
+    from cardamage.model.network import load_model
+    from cardamage.model.predict import LoadedModel, assess, full_res_probs
 
     params = load_params(REPO / "params.yaml")
     loaded = LoadedModel(*load_model(model_path), model_path)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
-    from cardamage.images import list_images
+    from cardamage.data.images import list_images
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_service_"))
     files = list_images(args.photos)[:args.limit]
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _sizes(files: list[Path]) -> list[str]:
-    from cardamage.images import image_size
+    from cardamage.data.images import image_size
 
     return sorted({"x".join(map(str, image_size(f))) for f in files})
 

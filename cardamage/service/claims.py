@@ -2,7 +2,7 @@
 
 Photos that fail the quality gate are not assessed; the others are predicted in one batch (one
 model call per request, under a lock: the 2-core CPU is better used by one TensorFlow call at a
-time than by several fighting for it), assessed with :func:`cardamage.predict.assess`, stored in
+time than by several fighting for it), assessed with :func:`cardamage.model.predict.assess`, stored in
 the incoming pool with their prediction, and their splash is written for ``/v1/splash/<id>.jpg``.
 """
 
@@ -17,13 +17,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from ..config import Params
-from ..predict import assess, full_res_probs
-from .models import ModelHolder, Models
-from .quality import QualityVerdict, check_photo
-from .settlement import PhotoDamage, propose
-from .store import IncomingStore, SplashStore
-from .uploads import Photo, Upload, decode_all
+from cardamage.config import Params
+from cardamage.model.predict import assess, full_res_probs
+from cardamage.service.models import ModelHolder, Models
+from cardamage.service.quality import QualityVerdict, check_photo
+from cardamage.service.settlement import PhotoDamage, propose
+from cardamage.service.store import IncomingStore, SplashStore
+from cardamage.service.uploads import Photo, Upload, decode_all
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 
-from .logs import REQUEST_ID
+from cardamage.service.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("cardamage.service.access")

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model import load_model, read_model_info
-from ..predict import LoadedModel, full_res_probs
+from cardamage.model.network import load_model, read_model_info
+from cardamage.model.predict import LoadedModel, full_res_probs
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Photo quality gate of the claim service: is this a usable photo of a car, before the model sees it?
 
-The measures are :mod:`cardamage.features`' own (brightness, contrast, sharpness on the photo
+The measures are :mod:`cardamage.monitoring.features`' own (brightness, contrast, sharpness on the photo
 downsized to ``drift.max_side`` pixels, width and height of the original), so a photo refused here
 is refused for the same reason the drift report would flag it. Two colour measures tell a camera
 photo from a screenshot or a drawing: the number of distinct RGB colours (a photo has thousands,
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ServeParams
-from ..features import downsize, pixel_stats
+from cardamage.config import ServeParams
+from cardamage.monitoring.features import downsize, pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def colour_measures(rgb: np.ndarray, top: int = 16) -> dict[str, float]:
 def measure(rgb: np.ndarray, max_side: int = 512) -> dict[str, float]:
     """Quality measures of an RGB photo ``uint8 [H, W, 3]``: width/height of the original (px), and
     brightness, contrast (0-255), sharpness (grey levels squared), colours, flat_share on the photo
-    downsized to ``max_side`` px (as :func:`cardamage.features.photo_features` does)."""
+    downsized to ``max_side`` px (as :func:`cardamage.monitoring.features.photo_features` does)."""
     small = downsize(rgb, max_side)
     height, width = rgb.shape[:2]
     stats = pixel_stats(small)

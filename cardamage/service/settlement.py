@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..config import SettlementParams
+from cardamage.config import SettlementParams
 
 BANDS = ("small", "medium", "large")
 

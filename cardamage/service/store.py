@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_bytes, write_json
+from cardamage.fileio import write_bytes, write_json
 
 log = logging.getLogger(__name__)
 

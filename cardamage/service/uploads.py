@@ -1,6 +1,6 @@
 """Uploaded files to photos: size, media type and decoding checks, each with a clear 4xx.
 
-Decoding goes through :func:`cardamage.images.load_image` (the one loader: EXIF orientation,
+Decoding goes through :func:`cardamage.data.images.load_image` (the one loader: EXIF orientation,
 truncation, decompression bombs), so the service refuses exactly what training would.
 """
 
@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..images import ImageLoadError, load_image
+from cardamage.data.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
-#: Decoded format -> suffix stored in the incoming pool (all in :data:`cardamage.images.IMAGE_SUFFIXES`).
+#: Decoded format -> suffix stored in the incoming pool (all in :data:`cardamage.data.images.IMAGE_SUFFIXES`).
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 #: Declared part types accepted besides ``image/*`` (some clients send no specific type).
 GENERIC_TYPES = ("application/octet-stream", "", None)

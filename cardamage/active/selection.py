@@ -1,0 +1,291 @@
+"""Selection strategies: which photos of the scored pool to send for labelling next.
+
+Strategies (all deterministic for a given seed):
+
+* ``random``: the ``budget`` photos with the highest ``hash(seed, id)`` (order-independent);
+* ``entropy``, ``margin``, ``least_confidence``, ``bald``: the highest image scores of that column
+  of the scores table (ties broken by id);
+* ``coreset``: k-center greedy (Sener & Savarese 2018) on L2-normalised embeddings, starting
+  from the embeddings of the photos that are already labelled: each pick is the pool photo
+  farthest from every labelled and already picked photo;
+* ``hybrid``: uncertainty first, then diversity: the top ``M = hybrid_factor * budget`` photos by
+  ``hybrid_score`` (e.g. entropy), then k-center greedy inside those ``M`` (labelled set as the
+  initial centres), so the batch is uncertain *and* not ``budget`` copies of the same hard case.
+
+For the ranked strategies (random and uncertainty scores), a photo whose perceptual hash is within
+``near_duplicate_distance`` of a photo already in the batch is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from cardamage.active.acquisition import random_scores
+from cardamage.data.dedup import hamming_matrix
+from cardamage.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from cardamage.config import Params
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY = ("entropy", "margin", "least_confidence", "bald")
+STRATEGIES = ("random",) + UNCERTAINTY + ("coreset", "hybrid")
+SELECTION_COLUMNS = ["id", "path", "score", "rank", "strategy", "reason"]
+
+
+class EmptyPoolError(ValueError):
+    """Nothing to select from; the message says why in one line."""
+
+
+# ----------------------------------------------------------------------------- k-center greedy
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x [N, D]`` scaled to unit L2 norm, as C-contiguous ``float32`` (zero rows stay zero)."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"embeddings: expected [N, D], got shape {list(arr.shape)}")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
+
+
+def min_sq_distances(x: np.ndarray, centres: np.ndarray, max_elements: int = 1 << 24) -> np.ndarray:
+    """Squared L2 distance ``float32 [N]`` from each unit row of ``x [N, D]`` to its nearest unit ``centres [M, D]``.
+
+    Uses ``|a - b|^2 = 2 - 2 a.b`` and processes the centres in chunks so that the temporary
+    ``[N, chunk]`` product holds at most ``max_elements`` values.
+    """
+    best = np.full(len(x), -np.inf, np.float32)
+    chunk = max(1, max_elements // max(len(x), 1))
+    for start in range(0, len(centres), chunk):
+        np.maximum(best, (x @ centres[start:start + chunk].T).max(axis=1), out=best)
+    return np.maximum(2.0 - 2.0 * best, 0.0).astype(np.float32)
+
+
+def k_center_greedy(embeddings: np.ndarray, budget: int, centres: np.ndarray | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-center selection, vectorised: O(N * (budget + M)) time, O(N) extra memory.
+
+    A running ``min_dist [N]`` array holds each point's squared distance to its nearest centre;
+    each step picks its argmax and lowers it with one matrix-vector product.
+
+    Args:
+        embeddings: ``[N, D]`` pool embeddings (L2-normalised here, float32).
+        budget: number of points to pick (capped at ``N``).
+        centres: ``[M, D]`` embeddings already labelled (the initial centres), or ``None``.
+        seed: picks the first point when there are no initial centres.
+
+    Returns:
+        ``(indices int64 [budget], distances float32 [budget])``: picks in order and each one's
+        L2 distance to its nearest centre at the time it was picked.
+    """
+    x = l2_normalise(embeddings)
+    n = len(x)
+    budget = min(int(budget), n)
+    has_centres = centres is not None and len(centres) > 0
+    min_dist = min_sq_distances(x, l2_normalise(centres)) if has_centres else np.full(n, np.inf, np.float32)
+    picks = np.empty(budget, np.int64)
+    dists = np.empty(budget, np.float32)
+    rng = np.random.default_rng(seed)
+    for step in range(budget):
+        i = int(rng.integers(n)) if step == 0 and not has_centres else int(np.argmax(min_dist))
+        picks[step], dists[step] = i, min_dist[i]
+        # einsum, not BLAS: a BLAS matrix-vector call between other numpy ops pays the wake-up of its
+        # thread pool each time (~5 ms on 2 busy cores, more than the product itself on small pools)
+        np.minimum(min_dist, np.maximum(2.0 - 2.0 * np.einsum("ij,j->i", x, x[i]), 0.0), out=min_dist)
+        min_dist[i] = -np.inf  # never picked twice, even among exact duplicates
+    return picks, np.sqrt(np.where(np.isfinite(dists), dists, 4.0)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
+    """The ``embedding`` list column of a scores table as ``float32 [N, D]``."""
+    if "embedding" not in scores.columns:
+        raise ValueError("scores: no 'embedding' column (rerun `cardamage score`)")
+    if not len(scores):
+        return np.zeros((0, 0), np.float32)
+    return np.stack([np.asarray(e, np.float32) for e in scores["embedding"]])
+
+
+def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0,
+                 labelled_embeddings: np.ndarray | None = None, hybrid_factor: float = 5.0,
+                 hybrid_score: str = "entropy", near_duplicate_distance: int | None = None) -> pd.DataFrame:
+    """Choose ``budget`` photos from a scores table.
+
+    Args:
+        scores: one row per candidate photo, with ``id``, ``path``, the score columns, ``embedding``
+            (for coreset / hybrid) and optionally ``phash``.
+        strategy: one of :data:`STRATEGIES`.
+        budget: photos to select; more than the pool selects the whole pool (with a warning).
+        seed: for ``random`` and for the first k-center pick without labelled photos.
+        labelled_embeddings: ``[M, D]`` embeddings of the labelled photos (coreset / hybrid).
+        hybrid_factor: ``M = hybrid_factor * budget`` uncertain candidates for ``hybrid``.
+        hybrid_score: the uncertainty column ``hybrid`` ranks by.
+        near_duplicate_distance: dHash distance under which ranked picks skip near-duplicates.
+
+    Returns:
+        A table with :data:`SELECTION_COLUMNS`, rank 1 first.
+
+    Raises:
+        EmptyPoolError: no candidate; ValueError: unknown strategy, missing column, budget < 1.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"select.strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if budget < 1:
+        raise ValueError(f"select.budget: must be >= 1, got {budget}")
+    if not len(scores):
+        raise EmptyPoolError("the pool has no photo left to select (all excluded, unreadable or none found)")
+    table = scores.sort_values("id", kind="stable").reset_index(drop=True)
+    if budget > len(table):
+        log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
+        budget = len(table)
+    if strategy == "coreset":
+        picked = _coreset(table, budget, labelled_embeddings, seed)
+    elif strategy == "hybrid":
+        picked = _hybrid(table, budget, labelled_embeddings, seed, hybrid_factor, hybrid_score)
+    else:
+        picked = _ranked(table, strategy, budget, seed, near_duplicate_distance)
+    picked.insert(3, "rank", np.arange(1, len(picked) + 1))
+    picked["strategy"] = strategy
+    return picked[SELECTION_COLUMNS].reset_index(drop=True)
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in table.columns or table[name].isna().all():
+        hint = " (set score.mc_samples > 0 and rescore)" if name == "bald" else ""
+        raise ValueError(f"scores: no {name!r} scores{hint}")
+    return table[name].to_numpy(np.float64)
+
+
+def _ranked(table: pd.DataFrame, strategy: str, budget: int, seed: int,
+            near_duplicate_distance: int | None) -> pd.DataFrame:
+    values = random_scores(table["id"].tolist(), seed) if strategy == "random" else _column(table, strategy)
+    order = np.lexsort((table["id"].to_numpy(), -np.nan_to_num(values, nan=-np.inf)))
+    chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance)
+    out = table.iloc[chosen][["id", "path"]].copy()
+    out["score"] = values[chosen]
+    n = len(table)
+    if strategy == "random":
+        out["reason"] = [f"random draw (seed {seed})"] * len(chosen)
+    else:
+        pos = {int(i): r for r, i in enumerate(order)}
+        out["reason"] = [f"{strategy} {values[i]:.4f}, #{pos[int(i)] + 1} of {n}" for i in chosen]
+    if skipped:
+        log.info("skipped %d near-duplicate(s) of photos already in the batch", skipped)
+    return out
+
+
+def _skip_near_duplicates(order: np.ndarray, table: pd.DataFrame, budget: int,
+                          max_distance: int | None) -> tuple[list[int], int]:
+    """Walk ``order`` and keep photos whose dHash is farther than ``max_distance`` from those kept."""
+    if max_distance is None or "phash" not in table.columns:
+        return [int(i) for i in order[:budget]], 0
+    hashes = table["phash"].tolist()
+    chosen: list[int] = []
+    kept_hashes: list[str] = []
+    skipped = 0
+    for i in order:
+        h = hashes[int(i)]
+        if h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= max_distance:
+            skipped += 1
+            continue
+        chosen.append(int(i))
+        if h:
+            kept_hashes.append(h)
+        if len(chosen) == budget:
+            break
+    if len(chosen) < budget:  # too many near-duplicates: fill up with the best of the skipped ones
+        taken = set(chosen)
+        rest = [int(i) for i in order if int(i) not in taken]
+        chosen += rest[:budget - len(chosen)]
+    return chosen, skipped
+
+
+def _coreset(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int) -> pd.DataFrame:
+    emb = embedding_matrix(table)
+    picks, dists = k_center_greedy(emb, budget, labelled, seed)
+    out = table.iloc[picks][["id", "path"]].copy()
+    out["score"] = dists
+    start = f"{len(labelled)} labelled" if labelled is not None and len(labelled) else "no labelled photos"
+    out["reason"] = [f"k-center: distance {d:.4f} to nearest labelled/picked photo (from {start})" for d in dists]
+    return out
+
+
+def _hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int,
+            factor: float, score_name: str) -> pd.DataFrame:
+    if factor < 1:
+        raise ValueError(f"select.hybrid_factor: must be >= 1, got {factor}")
+    values = _column(table, score_name)
+    m = min(len(table), max(budget, int(round(factor * budget))))
+    top = np.lexsort((table["id"].to_numpy(), -values))[:m]
+    picks, dists = k_center_greedy(embedding_matrix(table.iloc[top]), budget, labelled, seed)
+    rows = top[picks]
+    out = table.iloc[rows][["id", "path"]].copy()
+    out["score"] = values[rows]
+    rank_in_top = {int(r): k + 1 for k, r in enumerate(top)}
+    out["reason"] = [f"{score_name} {values[r]:.4f} (#{rank_in_top[int(r)]} of top {m}), k-center distance {d:.4f}"
+                     for r, d in zip(rows, dists)]
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+def write_selection(selection: pd.DataFrame, path: str) -> None:
+    """Write the selection as CSV (:data:`SELECTION_COLUMNS`), atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        selection[SELECTION_COLUMNS].to_csv(tmp, index=False)
+
+
+def format_table(selection: pd.DataFrame, max_rows: int = 50) -> str:
+    """A plain-text table of the selection for the terminal."""
+    shown = selection.head(max_rows)
+    lines = [f"{'rank':>4}  {'score':>8}  path"]
+    for _, row in shown.iterrows():
+        lines.append(f"{int(row['rank']):>4}  {float(row['score']):8.4g}  {row['path']}")
+    if len(selection) > max_rows:
+        lines.append(f"... {len(selection) - max_rows} more in the CSV")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the select stage
+
+def run_select(params: Params, budget: int | None = None, strategy: str | None = None, seed: int | None = None,
+               scores_path: str | None = None, source: str | None = None, model_path: str | None = None,
+               out: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, str]:
+    """``cardamage select``: (re)score the pool where needed, pick a batch, write the CSV.
+
+    Returns:
+        ``(selection, path of the CSV)``.
+
+    Raises:
+        ValueError: empty pool, unreadable pool, bad strategy or budget (one-line messages).
+    """
+    from cardamage.model.network import read_model_info
+    from cardamage.active.scoring import labelled_embeddings, load_scorer, run_score
+
+    sp = params.select
+    strategy = strategy or sp.strategy
+    budget = sp.budget if budget is None else budget
+    seed = sp.seed if seed is None else seed
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if budget < 1:
+        raise ValueError(f"--budget: must be >= 1, got {budget}")
+    model_path = model_path or params.score.model_path
+    pool, scores = run_score(params, source, model_path, scores_path, progress=progress)
+    labelled = None
+    if strategy in ("coreset", "hybrid"):
+        files = [(k.sha256, k.file) for k in pool.known if k.file is not None]
+        labelled = labelled_embeddings(files, lambda: load_scorer(model_path, params.score.batch_size),
+                                       read_model_info(model_path).model_version,
+                                       params.score.labelled_embeddings, params.score.batch_size)
+    near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
+    selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near)
+    out = out or sp.out
+    write_selection(selection, out)
+    return selection, out

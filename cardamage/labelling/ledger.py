@@ -1,0 +1,93 @@
+"""The Label Studio ledger: which photo (by sha256) was sent to which task, and what came back.
+
+``annotation/ledger.json`` maps ``sha256 -> {"path", "task_id", "project_id", "pushed_at", "status"}``
+(plus ``"labelled_at"`` once pulled). Statuses:
+
+* ``pushed``: a task exists and no usable label has come back yet (the photo is *pending*);
+* ``labelled``: its label (damage polygons or "no damage") is in the training data;
+* ``unusable``: the annotator marked it "unusable photo"; it never goes back to the pool.
+
+The file is written atomically with sorted keys, so an unchanged ledger is byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cardamage.fileio import write_json
+
+log = logging.getLogger(__name__)
+
+PUSHED, LABELLED, UNUSABLE = "pushed", "labelled", "unusable"
+STATUSES = (PUSHED, LABELLED, UNUSABLE)
+
+Ledger = dict[str, dict[str, Any]]
+
+
+def load_ledger(path: str | os.PathLike) -> Ledger:
+    """Read the ledger; a missing file is an empty ledger.
+
+    Raises:
+        ValueError: the file is not JSON or not a mapping of sha256 to entries (the message names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: the ledger is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{p}: the ledger must map sha256 to entries")
+    return data
+
+
+def save_ledger(path: str | os.PathLike, ledger: Ledger) -> Path:
+    """Write the ledger atomically (sorted keys, 2-space indent)."""
+    return write_json(path, {sha: dict(sorted(entry.items())) for sha, entry in sorted(ledger.items())})
+
+
+def pending(ledger: Ledger) -> set[str]:
+    """sha256 of the photos pushed and not yet returned (status ``pushed``)."""
+    return {sha for sha, entry in ledger.items() if entry.get("status", PUSHED) == PUSHED}
+
+
+def now_iso() -> str:
+    """Current UTC time as ISO 8601 with seconds (``2026-11-21T05:01:05Z``)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_push(ledger: Ledger, sha256: str, path: str, task_id: int, project_id: int,
+                pushed_at: str | None = None) -> dict[str, Any]:
+    """Add (or replace) the entry of a photo just sent to task ``task_id``; return it."""
+    entry = {"path": path, "task_id": int(task_id), "project_id": int(project_id),
+             "pushed_at": pushed_at or now_iso(), "status": PUSHED}
+    ledger[sha256] = entry
+    return entry
+
+
+def mark(ledger: Ledger, sha256: str, status: str, **fields: Any) -> bool:
+    """Set an entry's status (and fields); return ``True`` when anything changed.
+
+    ``labelled_at`` is stamped only when the status changes, so marking twice changes nothing.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"ledger status {status!r} is not one of {STATUSES}")
+    entry = ledger.setdefault(sha256, {"status": PUSHED})
+    updates = {k: v for k, v in fields.items() if v is not None and entry.get(k) != v}
+    if entry.get("status") != status:
+        updates["status"] = status
+        if status != PUSHED:
+            updates["labelled_at"] = now_iso()
+    entry.update(updates)
+    return bool(updates)
+
+
+def for_project(ledger: Ledger, project_id: int) -> Ledger:
+    """The entries of one project."""
+    return {sha: e for sha, e in ledger.items() if e.get("project_id") == project_id}

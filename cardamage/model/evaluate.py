@@ -1,0 +1,208 @@
+"""Evaluate a saved model on the validation split: ``cardamage evaluate``.
+
+Pixel metrics are computed at the network input resolution over labelled pixels (letterbox
+padding excluded). Image-level "is there damage": the damage score of a photo is either the
+highest damage probability of any pixel (``max_prob``, with damage probability
+``1 - P(background)``) or the predicted damaged share of the photo (``damaged_share``); the photo
+counts as damaged when the score reaches ``evaluate.image_threshold``. Instance count error: mean
+absolute difference between the connected regions of the prediction (each class separately,
+regions under ``evaluate.min_instance_px`` input pixels ignored) and the labelled instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cardamage.config import Params
+from cardamage.fileio import write_json
+from cardamage.data.images import ImageLoadError, load_image
+from cardamage.model.inputs import (base_dataset, category_mapper, fit_geometry, fit_image, fit_mask, inference_mode,
+                     load_records, true_instance_count)
+from cardamage.model.losses import (IGNORE_INDEX, binary_prf, confusion_matrix, dice_per_class, foreground_precision_recall,
+                     iou_per_class, precision_recall_curve)
+from cardamage.model.network import load_model, predict_probs
+from cardamage.model.plots import OverlayItem, overlay_grid, plot_pr_curve, plot_training_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageResult:
+    """Per-photo evaluation numbers (``index`` into the records)."""
+
+    index: int
+    path: str
+    score: float
+    has_damage: bool
+    damage_iou: float
+    true_instances: int
+    predicted_instances: int
+
+
+@dataclass
+class _Accumulator:
+    num_classes: int
+    cm: np.ndarray = field(init=False)
+    images: list[ImageResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+
+def count_regions(pred: np.ndarray, num_classes: int, min_px: int) -> int:
+    """Connected regions (8-connectivity) of each class ``1..C-1`` in ``pred [H, W]`` with >= ``min_px`` pixels."""
+    total = 0
+    for c in range(1, num_classes):
+        n, _, stats, _ = cv2.connectedComponentsWithStats((pred == c).astype(np.uint8), connectivity=8)
+        total += int((stats[1:, cv2.CC_STAT_AREA] >= min_px).sum())
+    return total
+
+
+def image_score(probs: np.ndarray, valid: np.ndarray, kind: str) -> float:
+    """Damage score of one photo from ``probs [S, S, C]`` over ``valid [S, S]`` pixels (see module doc)."""
+    if not valid.any():
+        return 0.0
+    damage = 1.0 - probs[..., 0][valid]
+    if kind == "max_prob":
+        return float(damage.max())
+    if kind == "damaged_share":
+        return float((probs[valid].argmax(-1) > 0).mean())
+    raise ValueError(f"evaluate.image_score: expected max_prob or damaged_share, got {kind!r}")
+
+
+def _foreground_iou(truth: np.ndarray, pred: np.ndarray) -> float:
+    valid = truth != IGNORE_INDEX
+    t, p = (truth > 0) & valid, (pred > 0) & valid
+    union = (t | p).sum()
+    return float((t & p).sum() / union) if union else 1.0
+
+
+def evaluate(params: Params, model_path: str | Path | None = None, metrics_file: str | Path | None = None,
+             plots_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compute the metrics of ``evaluate.model_path`` on ``evaluate.splits`` (default ``data.val_splits``).
+
+    Writes ``metrics_file`` (JSON) and the plots into ``plots_dir``; returns the metrics dict.
+
+    Raises:
+        ModelMismatchError: the model's classes differ from ``data.classes``.
+    """
+    e, data = params.evaluate, params.data
+    model_path = Path(model_path or e.model_path)
+    metrics_file = Path(metrics_file or e.metrics_file)
+    plots_dir = Path(plots_dir or e.plots_dir)
+    model, info = load_model(model_path, expect_classes=data.classes)
+    splits = list(e.splits or data.val_splits)
+    records, root = load_records(data, splits)
+    category_of = category_mapper(info.classes, data.class_map)
+    mode = inference_mode(info.resize)
+    skipped: list[str] = []
+    base = base_dataset(records, root, info.classes, data.class_map, info.input_size, mode, skipped, cache=False)
+    acc = _Accumulator(info.num_outputs)
+    preds: dict[int, np.ndarray] = {}
+    for images, masks, indices in base.batch(e.batch_size).as_numpy_iterator():
+        probs = predict_probs(model, images, batch_size=e.batch_size)
+        for probs_i, mask, idx in zip(probs, masks, indices):
+            pred = probs_i.argmax(-1).astype(np.uint8)
+            preds[int(idx)] = pred
+            acc.cm += confusion_matrix(mask, pred, info.num_outputs)
+            valid = mask != IGNORE_INDEX
+            record = records[int(idx)]
+            n_true = true_instance_count(record, category_of)
+            acc.images.append(ImageResult(int(idx), record.path, image_score(probs_i, valid, e.image_score),
+                                          n_true > 0 or bool(((mask > 0) & valid).any()),
+                                          _foreground_iou(mask, pred), n_true,
+                                          count_regions(np.where(valid, pred, 0), info.num_outputs, e.min_instance_px)))
+    if not acc.images:
+        raise ValueError(f"evaluate: no readable labelled photos in splits {splits} of {data.root}")
+    metrics = _metrics(acc, info.classes, e.image_score, e.image_threshold)
+    metrics.update({"model": str(model_path), "model_version": info.model_version, "splits": splits,
+                    "n_images": len(acc.images), "skipped": sorted(set(skipped)), "input_size": info.input_size})
+    write_json(metrics_file, _clean(metrics))
+    metrics["plots"] = [str(p) for p in _plots(acc, preds, records, root, info, data.class_map, e, plots_dir,
+                                                params.train.history_csv)]
+    log.info("mean IoU %.3f, damage IoU %.3f, image F1 %.3f on %d photos", metrics["mean_iou"],
+             metrics["damage_iou"], metrics["image"]["f1"], len(acc.images))
+    return metrics
+
+
+def _metrics(acc: _Accumulator, classes: list[str], score_kind: str, threshold: float) -> dict[str, Any]:
+    names = ["background"] + list(classes)
+    iou, dice = iou_per_class(acc.cm), dice_per_class(acc.cm)
+    precision, recall = foreground_precision_recall(acc.cm)
+    fg = acc.cm[1:, 1:].sum() / max(acc.cm.sum() - acc.cm[0, 0], 1)
+    scores = [r.score for r in acc.images]
+    labels = [r.has_damage for r in acc.images]
+    image = binary_prf(scores, labels, threshold)
+    p_curve, r_curve, _ = precision_recall_curve(scores, labels)
+    image.update({"score": score_kind, "positives": int(sum(labels)), "negatives": int(len(labels) - sum(labels)),
+                  "average_precision": _average_precision(p_curve, r_curve)})
+    errors = [abs(r.predicted_instances - r.true_instances) for r in acc.images]
+    return {
+        "mean_iou": float(np.nanmean(iou)),
+        "damage_iou": float(fg),
+        "iou": dict(zip(names, iou.tolist())),
+        "dice": dict(zip(names, dice.tolist())),
+        "pixel_precision": precision,
+        "pixel_recall": recall,
+        "image": image,
+        "instance_count_mae": float(np.mean(errors)),
+        "instances_true_mean": float(np.mean([r.true_instances for r in acc.images])),
+        "instances_predicted_mean": float(np.mean([r.predicted_instances for r in acc.images])),
+        "confusion_matrix": acc.cm.tolist(),
+    }
+
+
+def _average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the step precision-recall curve (sum of precision times recall increments)."""
+    if not len(recall):
+        return 0.0
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _clean(obj: Any) -> Any:
+    """NaN / inf -> ``None`` so the JSON stays standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _plots(acc: _Accumulator, preds: dict[int, np.ndarray], records: list, root: Path, info: Any,
+           class_map: dict[str, str], e: Any, plots_dir: Path, history_csv: str) -> list[Path]:
+    written = [plot_training_curves(history_csv, plots_dir / "training_curves.png")]
+    scores = [r.score for r in acc.images]
+    labels = [r.has_damage for r in acc.images]
+    precision, recall, _ = precision_recall_curve(scores, labels)
+    op = binary_prf(scores, labels, e.image_threshold)
+    written.append(plot_pr_curve(precision, recall, plots_dir / "pr_curve.png", (op["recall"], op["precision"]),
+                                 f"image-level damage ({e.image_score}); {sum(labels)} damaged / {len(labels)} photos"))
+    ranked = sorted(acc.images, key=lambda r: (r.damage_iou, r.path))
+    k = max(0, min(e.overlay_count, len(ranked)))
+    for name, chosen in (("worst", ranked[:k]), ("best", ranked[::-1][:k])):
+        items = [_overlay_item(r, preds[r.index], records, root, info, class_map) for r in chosen]
+        written.append(overlay_grid([i for i in items if i is not None], plots_dir / f"overlays_{name}.png",
+                                    f"{name} validation photos by damage IoU"))
+    return [p for p in written if p is not None]
+
+
+def _overlay_item(result: ImageResult, pred: np.ndarray, records: list, root: Path, info: Any,
+                  class_map: dict[str, str]) -> OverlayItem | None:
+    record = records[result.index]
+    try:
+        image = load_image(root / record.path)
+    except ImageLoadError as exc:
+        log.warning("overlay: %s", exc)
+        return None
+    fit = fit_geometry(image.shape[1], image.shape[0], info.input_size, inference_mode(info.resize))
+    truth = fit_mask(record.instances, info.classes, fit, category_mapper(info.classes, class_map))
+    return OverlayItem(f"{record.path} IoU {result.damage_iou:.2f}", fit_image(image, fit), truth, pred)

@@ -1,0 +1,115 @@
+"""Simulated active learning: a tiny run (12 sample photos, 64 px) that stops, resumes and reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLE
+
+from cardamage.active import simulate as sim
+from cardamage.config import load_params
+
+
+def _params(tmp: Path, *extra: str):
+    return load_params(None, [
+        f"data.root={SAMPLE}", "model.backbone=mobilenetv3_small", "model.width=0.25", "model.backbone_preset=null",
+        "simulate.input_size=64", "simulate.max_pool=12", "simulate.max_val=4", "simulate.initial=4",
+        "simulate.budget=2", "simulate.rounds=2", "simulate.seeds=[0, 1]", "simulate.strategies=[random, hybrid]",
+        "simulate.epochs=2", "simulate.min_steps=2", "simulate.head_filters=8", "simulate.batch_size=4",
+        "simulate.mc_samples=2", f"simulate.cache_dir={tmp / 'cache'}", f"simulate.state_file={tmp / 'state.json'}",
+        f"simulate.out={tmp / 'al.json'}", f"simulate.plot={tmp / 'al.png'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(tmp_path_factory):
+    """Run with max_rounds=1, keep that state, then run again to the end."""
+    tmp = tmp_path_factory.mktemp("simulate")
+    params = _params(tmp)
+    partial = sim.run_simulation(params, max_rounds=1)
+    state_after_1 = json.loads((tmp / "state.json").read_text())
+    full = sim.run_simulation(params)
+    return tmp, params, partial, state_after_1, full
+
+
+def test_stops_after_max_rounds_and_writes_outputs(stopped_and_resumed):
+    tmp, _, partial, state, _ = stopped_and_resumed
+    assert set(state["runs"]) == {"random/0", "hybrid/0", "random/1", "hybrid/1"}
+    assert all(len(run["history"]) == 2 for run in state["runs"].values())  # rounds 0 and 1
+    assert all(len(run["labelled"]) == 8 for run in state["runs"].values())  # round-2 labels already chosen
+    assert partial["complete"] is False and partial["full_pool"] is None
+    assert partial["curves"]["random"]["labelled"] == [4, 6]
+
+
+def test_resume_continues_instead_of_restarting(stopped_and_resumed):
+    tmp, _, _, before, full = stopped_and_resumed
+    after = json.loads((tmp / "state.json").read_text())
+    for key, run in after["runs"].items():
+        assert run["history"][:2] == before["runs"][key]["history"]  # rounds 0-1 not retrained
+        assert [h["labelled"] for h in run["history"]] == [4, 6, 8]
+        assert run["labelled"][:8] == before["runs"][key]["labelled"]
+    same_seed = [set(after["runs"][f"{s}/0"]["labelled"][:4]) for s in ("random", "hybrid")]
+    assert same_seed[0] == same_seed[1]  # every strategy of a seed starts from the same labels
+    assert full["complete"] and full["full_pool"]["labelled"] == 12
+
+
+def test_result_json_and_plot(stopped_and_resumed):
+    tmp, _, _, _, full = stopped_and_resumed
+    written = json.loads((tmp / "al.json").read_text())
+    assert written["curves"].keys() == {"random", "hybrid"}
+    curve = written["curves"]["hybrid"]
+    assert len(curve["mean_iou"]) == 3 and curve["seeds"] == [0, 1]
+    assert all(lo <= m <= hi for lo, m, hi in zip(curve["min"], curve["mean_iou"], curve["max"]))
+    assert set(written["labels_to_target"]) == {"random", "hybrid"}
+    assert (tmp / "al.png").stat().st_size > 10_000
+    assert "random" in sim.format_summary(full)
+
+
+def test_more_rounds_extend_a_finished_run(stopped_and_resumed):
+    tmp, params, _, _, _ = stopped_and_resumed
+    before = json.loads((tmp / "state.json").read_text())
+    result = sim.run_simulation(_params(tmp, "simulate.rounds=3", "simulate.strategies=[random]",
+                                        f"simulate.out={tmp / 'more.json'}", f"simulate.plot={tmp / 'more.png'}"))
+    after = json.loads((tmp / "state.json").read_text())
+    for seed in (0, 1):
+        run = after["runs"][f"random/{seed}"]
+        assert [h["labelled"] for h in run["history"]] == [4, 6, 8, 10]
+        assert run["history"][:3] == before["runs"][f"random/{seed}"]["history"]
+        assert after["runs"][f"hybrid/{seed}"] == before["runs"][f"hybrid/{seed}"]
+    assert result["curves"]["random"]["labelled"] == [4, 6, 8, 10]
+    assert result["curves"]["hybrid"]["labelled"] == [4, 6, 8]  # still reported
+
+
+def test_another_configuration_is_refused(stopped_and_resumed):
+    tmp, _, _, _, _ = stopped_and_resumed
+    with pytest.raises(ValueError, match="--fresh"):
+        sim.run_simulation(_params(tmp, "simulate.budget=3"))
+
+
+def test_bald_scores_from_mc_dropout(stopped_and_resumed):
+    tmp, params, _, _, _ = stopped_and_resumed
+    pool = sim.load_bank(params, ["train"], 12)  # from the feature cache
+    trainer = sim.HeadTrainer(params, pool)
+    head = trainer.fit(pool, np.arange(4), seed=0)
+    table = sim.pool_scores(params, head, pool, np.arange(4, 12), "bald")
+    assert len(table) == 8 and (table["bald"] >= 0).all() and table["bald"].max() > 0
+    picks = sim.select_round(params, "bald", 0, 0, head, pool, list(range(4)))
+    assert len(picks) == 2 and not set(picks) & set(range(4))
+
+
+def test_summary_labels_to_target_on_a_crafted_state():
+    def run(strategy, seed, values):
+        return {"strategy": strategy, "seed": seed,
+                "history": [{"labelled": 10 * (i + 1), "mean_iou": v, "damage_iou": v} for i, v in enumerate(values)]}
+
+    state = {"config": {}, "full_pool": {"mean_iou": 0.8, "labelled": 100},
+             "runs": {"a": run("random", 0, [0.5, 0.6, 0.7, 0.77]), "b": run("random", 1, [0.5, 0.6, 0.7, 0.74]),
+                      "c": run("entropy", 0, [0.5, 0.77, 0.8, 0.8]), "d": run("entropy", 1, [0.5, 0.75, 0.8, 0.8])}}
+    out = sim.summarise(state, ["random", "entropy"], 0.95)
+    assert out["target_mean_iou"] == pytest.approx(0.76)
+    assert out["labels_to_target"] == {"random": None, "entropy": 20}
+    state["runs"]["b"]["history"][3]["mean_iou"] = 0.79
+    out = sim.summarise(state, ["random", "entropy"], 0.95)
+    assert out["labels_to_target"]["random"] == 40 and out["labels_relative_to_random"]["entropy"] == 0.5

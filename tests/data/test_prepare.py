@@ -1,0 +1,173 @@
+"""Data tier: ``cardamage prepare`` merges the sample and Label Studio labels into one stable dataset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cardamage.data.annotations import ImageRecord
+from cardamage.cli import main
+from cardamage.config import Params
+from cardamage.data.dataset import load_dataset
+from cardamage.data.prepare import Item, assign_splits, hash_split, manifest_csv, prepare
+
+SQUARE = {"name": "polygon", "all_points_x": [100, 400, 400, 100], "all_points_y": [100, 100, 400, 400]}
+
+
+def _params(sample: Path, tmp: Path, split: str = "keep") -> Params:
+    params = Params()
+    params.data.root = str(sample)
+    params.labelstudio.labelled_dir = str(tmp / "labelled")
+    params.prepare.out_dir = str(tmp / "prepared")
+    params.prepare.split = split
+    return params
+
+
+def _pull(tmp: Path, photos: dict[str, Path]) -> Path:
+    """A ``cardamage pull`` folder: ``images/<name>`` and one VIA file, one square damage per photo."""
+    root = tmp / "labelled"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    via = {}
+    for name, src in photos.items():
+        shutil.copyfile(src, root / "images" / name)
+        size = (root / "images" / name).stat().st_size
+        via[f"images/{name}{size}"] = {"filename": f"images/{name}", "size": size, "file_attributes": {},
+                                       "regions": [{"shape_attributes": SQUARE,
+                                                    "region_attributes": {"name": "damage"}}]}
+    (root / "via_region_data.json").write_text(json.dumps(via))
+    return root
+
+
+def _manifest(out: Path) -> list[dict[str, str]]:
+    with open(out / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, request) -> dict:
+    """The sample prepared once with the defaults (split: keep, no Label Studio labels)."""
+    sample = Path(request.config.rootpath) / "data" / "sample"
+    tmp = tmp_path_factory.mktemp("prep")
+    params = _params(sample, tmp)
+    return {"sample": sample, "tmp": tmp, "params": params, "result": prepare(params)}
+
+
+def test_sample_keeps_its_split_and_reads_back_with_load_dataset(prepared):
+    result, out = prepared["result"], Path(prepared["params"].prepare.out_dir)
+    assert result.report["n_train"] == 61 and result.report["n_val"] == 8 and result.report["n_sample"] == 69
+    data = load_dataset(out, splits=["train", "val"])
+    assert sum(r.labelled for r in data.images) == 69
+    rows = {r["origin"]: r for r in _manifest(out)}
+    assert rows["sample/val/1.jpg"]["split"] == "val" and rows["sample/train/2.jpg"]["split"] == "train"
+    assert set(next(iter(rows.values()))) >= {"path", "sha256", "phash", "split", "width", "height",
+                                              "n_instances", "source"}
+    by_path = {r.path: r for r in data.images}
+    for row in rows.values():
+        assert int(row["n_instances"]) == len(by_path[row["path"]].instances)
+
+
+def test_masks_hold_class_indices_at_photo_size(prepared):
+    out = Path(prepared["params"].prepare.out_dir)
+    row = next(r for r in _manifest(out) if r["origin"] == "sample/train/2.jpg")
+    mask = np.asarray(Image.open(out / row["mask"]))
+    assert mask.shape == (int(row["height"]), int(row["width"])) and set(np.unique(mask)) == {0, 1}
+    assert not (out / "masks").exists(), "a plain 'masks' folder would be read as a split by load_dataset"
+
+
+def test_exact_duplicates_with_different_labels_are_reported(prepared):
+    report = prepared["result"].report
+    conflict = report["conflicting_labels"]
+    assert [c["photos"] for c in conflict] == [["sample/train/25.jpg", "sample/train/48.jpg"]]
+    assert conflict[0]["kept"] == ["sample/train/25.jpg"]
+    origins = {r["origin"] for r in prepared["result"].rows}
+    assert "sample/train/48.jpg" not in origins
+    groups = [set(g) for g in report["duplicate_groups"]]
+    assert {"sample/train/19.jpg", "sample/train/79.jpg"} in groups
+    assert {"sample/train/33.jpg", "sample/train/8.jpg"} in groups
+
+
+def test_output_bytes_are_deterministic(prepared, tmp_path):
+    params = _params(prepared["sample"], tmp_path)
+    prepare(params)
+    assert _digest(Path(params.prepare.out_dir)) == _digest(Path(prepared["params"].prepare.out_dir))
+    prepare(params)  # rebuilding in place gives the same bytes and leaves no temporary folder behind
+    assert _digest(Path(params.prepare.out_dir)) == _digest(Path(prepared["params"].prepare.out_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_hash_split_is_stable_when_label_studio_photos_arrive(prepared, tmp_path):
+    sample = prepared["sample"]
+    params = _params(sample, tmp_path, split="hash")
+    params.prepare.val_percent = 30
+    before = {r["sha256"]: r["split"] for r in prepare(params).rows}
+    _pull(tmp_path, {"new1.jpg": sample / "test" / "11.jpg", "new2.jpg": sample / "test" / "12.jpg"})
+    after = prepare(params)
+    splits = {r["sha256"]: r["split"] for r in after.rows}
+    assert all(splits[sha] == side for sha, side in before.items())
+    assert after.report["n_labelled"] == 2 and len(splits) == len(before) + 2
+    for group in after.report["duplicate_groups"]:
+        assert len({r["split"] for r in after.rows if r["origin"] in group}) == 1
+
+
+def test_label_studio_labels_win_over_a_byte_identical_sample_photo(prepared, tmp_path):
+    sample = prepared["sample"]
+    params = _params(sample, tmp_path)
+    _pull(tmp_path, {"66.jpg": sample / "test" / "66.jpg"})  # same bytes as train/17.jpg
+    result = prepare(params)
+    rows = {r["origin"]: r for r in result.rows}
+    assert "labelled/images/66.jpg" in rows and "sample/train/17.jpg" not in rows
+    assert rows["labelled/images/66.jpg"]["split"] == "train", "keeps the split of the sample copy"
+    assert any(c["photos"][0] == "labelled/images/66.jpg" for c in result.report["conflicting_labels"])
+
+
+def test_keep_mode_moves_a_group_split_across_train_and_val():
+    def item(name: str, split: str | None, sha: str) -> Item:
+        return Item(ImageRecord(path=name), Path(name), "sample", split, sha256=sha)
+
+    group = [item("train/a.jpg", "train", "f" * 64), item("val/b.jpg", "val", "0" * 64)]
+    moved = assign_splits([group, [item("new.jpg", None, "0" * 64)]], "keep", 15)
+    assert [i.split for i in group] == ["train", "train"]
+    assert moved == [{"group": "0" * 12, "split": "train", "moved": ["sample/val/b.jpg"],
+                      "members": ["sample/train/a.jpg", "sample/val/b.jpg"]}]
+    with pytest.raises(ValueError, match="prepare.split"):
+        assign_splits([group], "random")
+    with pytest.raises(ValueError, match="prepare.val_percent"):
+        assign_splits([group], "hash", 101)
+
+
+def test_hash_split_formula():
+    assert hash_split("00000000" + "f" * 56, 15) == "val"  # 0 % 100 = 0 < 15
+    assert hash_split("00000063" + "0" * 56, 15) == "train"  # 0x63 = 99
+    assert hash_split("0000000e" + "0" * 56, 15) == "val"  # 14
+    assert hash_split("0000000f" + "0" * 56, 15) == "train"  # 15
+
+
+def test_manifest_rows_are_sorted():
+    text = manifest_csv([{"path": "val/b.jpg"}, {"path": "train/a.jpg"}])
+    assert text.splitlines()[1].startswith("train/a.jpg") and text.endswith("\n")
+
+
+def test_cli_prints_the_summary_and_writes_metrics(prepared, tmp_path):
+    sample = prepared["sample"]
+    args = ["prepare", "--set", f"data.root={sample}", "--set", f"labelstudio.labelled_dir={tmp_path / 'none'}",
+            "--set", f"prepare.out_dir={tmp_path / 'out'}", "--set", f"prepare.summary={tmp_path / 'sum.json'}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "69 labelled photo(s)" in result.output and "sample/train/25.jpg = sample/train/48.jpg" in result.output
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    assert summary["n_train"] == 61 and summary["n_conflicting_labels"] == 1
