@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   installs everything and runs the main job (the DVC pipeline) on the embedded sample
-#   make test   runs the test suite (installs first if needed)
+#   make test   lints (ruff) and runs the test suite (installs first if needed)
 # EXTRAS: `import` brings PyTorch 2.13.0 (CPU) for the offline ImageNet backbone import,
 # `ray` the distributed scoring engine; drop them (make EXTRAS=dev ...) for a lean install.
 PYTHON ?= python3
@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install install-ls demo test clean
+.PHONY: install install-ls demo lint test clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	$(BIN)/cardamage select --budget 5
 
-test: install install-ls
+lint: install
+	$(BIN)/ruff check .
+
+test: lint install-ls
 	$(BIN)/pytest
 
 clean:

@@ -44,7 +44,7 @@ setup(
     package_data={"cardamage": ["monitoring/templates/*", "service/static/*"]},
     install_requires=CORE,
     extras_require={
-        "dev": ["pytest>=8", "scikit-image>=0.22", "httpx>=0.27", "websockets>=12"],
+        "dev": ["pytest>=8", "ruff>=0.8", "scikit-image>=0.22", "httpx>=0.27", "websockets>=12"],
         # `cardamage score --engine ray`: one model per Ray actor (local instance or RAY_ADDRESS cluster).
         "ray": ["ray[data]>=2.40"],
         # `cardamage backbone import`: ImageNet weights from a local file (torch pinned: a CPU build).

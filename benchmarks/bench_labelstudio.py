@@ -27,13 +27,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from cardamage.data.annotations import Instance  # noqa: E402
 from cardamage.config import LabelStudioParams, Params  # noqa: E402
+from cardamage.data.annotations import Instance  # noqa: E402
 from cardamage.labelling.client import LabelStudioClient, connect  # noqa: E402
+from cardamage.labelling.label_config import (
+    generate_label_config,  # noqa: E402
+    parse_label_config,  # noqa: E402
+)
 from cardamage.labelling.ledger import load_ledger  # noqa: E402
-from cardamage.labelling.label_config import generate_label_config  # noqa: E402
 from cardamage.labelling.pull import pull_project  # noqa: E402
-from cardamage.labelling.label_config import parse_label_config  # noqa: E402
 from cardamage.labelling.push import Photo, build_task, local_file_url, photos_from_paths, push_photos  # noqa: E402
 
 WIDTH, HEIGHT = 320, 240

@@ -7,7 +7,7 @@ Prints, for one process:
 
 * training images/s through the project's tf.data pipeline (cached decode + augmentation) and
   through ``model.fit`` on the same photos as in-memory NumPy arrays;
-* prediction images/s of :func:`cardamage.model.network.predict_probs` and of ``model.predict`` on the
+* prediction images/s of :func:`cardamage.model.inference.predict_probs` and of ``model.predict`` on the
   same letterboxed arrays, at batch 1 and at the best batch size;
 * end-to-end ``predict_files`` (decode, letterbox, model, polygons, JSON, splash) images/s with
   the model loaded once, and the post-processing (``assess``) alone;
@@ -34,11 +34,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cardamage.config import load_params  # noqa: E402
-from cardamage.fileio import write_json  # noqa: E402
-from cardamage.model.inputs import Augment, base_dataset, batched, load_records, pixel_counts  # noqa: E402
-from cardamage.model.losses import ConfusionIoU, SegmentationLoss  # noqa: E402
 from cardamage.data.images import load_image  # noqa: E402
-from cardamage.model.network import ModelInfo, build_model, count_params, load_model, predict_probs, save_model  # noqa: E402
+from cardamage.fileio import write_json  # noqa: E402
+from cardamage.model.heads import build_model  # noqa: E402
+from cardamage.model.inference import count_params, predict_probs  # noqa: E402
+from cardamage.model.inputs import Augment, base_dataset, batched, load_records, pixel_counts  # noqa: E402
+from cardamage.model.io import ModelInfo, load_model, save_model  # noqa: E402
+from cardamage.model.losses import ConfusionIoU, SegmentationLoss  # noqa: E402
 from cardamage.model.predict import LoadedModel, assess, full_res_probs, predict_files  # noqa: E402
 
 

@@ -36,13 +36,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
 
+    from cardamage.active.pool import PoolPhoto
+    from cardamage.active.scoring import load_scorer, score_photos
     from cardamage.config import ScoreParams, load_params
     from cardamage.data.dedup import file_sha256
     from cardamage.data.images import list_images, load_image
+    from cardamage.model.heads import build_model
     from cardamage.model.inputs import prepare_image
-    from cardamage.model.network import ModelInfo, build_model, save_model
-    from cardamage.active.pool import PoolPhoto
-    from cardamage.active.scoring import load_scorer, score_photos
+    from cardamage.model.io import ModelInfo, save_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_score_"))
     model_path = args.model
@@ -56,7 +57,7 @@ def main() -> None:
     photos = [PoolPhoto(f, str(f), file_sha256(f), "0" * 16) for f in files]
     scorer = load_scorer(model_path, args.batch)
     size = scorer.input_size
-    from cardamage.model.network import load_model
+    from cardamage.model.io import load_model
 
     model, info = load_model(model_path)
     batch = np.stack([prepare_image(load_image(f), size, info.resize)[0] for f in files])

@@ -51,7 +51,8 @@ def free_port() -> int:
 def build_model(tmp: Path, size: int) -> str:
     """An untrained model from params.yaml's model section at ``size`` px."""
     from cardamage.config import load_params
-    from cardamage.model.network import ModelInfo, build_model as build, save_model
+    from cardamage.model.heads import build_model as build
+    from cardamage.model.io import ModelInfo, save_model
 
     params = load_params(REPO / "params.yaml")
     mp = dataclasses.replace(params.model, input_size=size)
@@ -65,7 +66,7 @@ def model_times(model_path: str, files: list[Path]) -> dict[str, float]:
     """Median seconds per photo of the model alone, and of model + assessment, one photo at a time."""
     from cardamage.config import load_params
     from cardamage.data.images import load_image
-    from cardamage.model.network import load_model
+    from cardamage.model.io import load_model
     from cardamage.model.predict import LoadedModel, assess, full_res_probs
 
     params = load_params(REPO / "params.yaml")

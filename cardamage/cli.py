@@ -9,18 +9,25 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
 from cardamage import __version__
-from cardamage.config import ConfigError, Params, load_params
+from cardamage.active.engines import ENGINES
+from cardamage.config import Params, load_params
+from cardamage.data.formats import format_names
+from cardamage.errors import CardamageError
 
 log = logging.getLogger("cardamage")
 
-#: Errors that are the user's to fix: shown as one line, no traceback (``-v`` shows it).
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, OSError, KeyError)
+#: Errors that are the user's to fix: shown as one line, no traceback (``-v`` shows it). Besides the
+#: cardamage taxonomy, the OS errors that name a user's file (missing, unreadable, a folder).
+USER_ERRORS: tuple[type[BaseException], ...] = (CardamageError, FileNotFoundError, PermissionError,
+                                                IsADirectoryError, NotADirectoryError)
+BUG_LINE = ("cardamage {version}: unexpected {name}: this is a bug in cardamage, not in your input; "
+            "please report it with the traceback below")
 
 
 def _setup_logging(verbose: int) -> None:
@@ -31,10 +38,38 @@ def _setup_logging(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` whose choices are read from a registry each time they are used.
+
+    So a strategy or format registered after this module was imported still shows in ``--help``
+    and is accepted on the command line.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        super().__init__([], case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        pass  # click.Choice.__init__ assigns it; the registry is the source
+
+
+def _strategy_names() -> list[str]:
+    from cardamage.active.strategies import strategy_names
+
+    return strategy_names()
+
+
 def with_params(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--params`` and ``--set`` to a command and pass the loaded :class:`Params` as ``params``.
 
-    Also turns user errors (bad config, bad input files) into a one-line message and exit code 2.
+    Also turns user errors (:class:`cardamage.errors.CardamageError`: bad parameters, bad input
+    files, unreachable services) into a one-line message and exit code 2; any other exception is
+    a bug and keeps its traceback, after a line saying so.
     """
 
     @click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
@@ -53,6 +88,9 @@ def with_params(func: Callable[..., Any]) -> Callable[..., Any]:
             if ctx.find_root().params.get("verbose"):
                 log.exception("failed")
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            click.echo(BUG_LINE.format(version=__version__, name=type(exc).__name__), err=True)
+            raise
 
     return wrapper
 
@@ -68,8 +106,8 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dst", type=click.Path())
-@click.option("--to", "fmt", type=click.Choice(["coco", "via", "via1", "via-project", "via-csv", "labelstudio"]),
-              required=True, help="Output format.")
+@click.option("--to", "fmt", type=RegistryChoice(functools.partial(format_names, writable=True)), required=True,
+              help="Output format (any registered format with a writer).")
 @click.option("--category-key", default=None, help="Region attribute holding the category (auto-detected).")
 @with_params
 def convert(params: Params, src: str, dst: str, fmt: str, category_key: str | None) -> None:
@@ -120,7 +158,8 @@ def show(params: Params, path: str | None, out_dir: str, grid: bool, limit: int 
 @with_params
 def train(params: Params, model_path: str | None) -> None:
     """Train the segmentation model on data.train_splits; keep the best epoch by validation mean IoU."""
-    from cardamage.model.train import result_summary, train as run_training
+    from cardamage.model.train import result_summary
+    from cardamage.model.train import train as run_training
 
     result = run_training(params, model_path=model_path)
     summary = result_summary(result)
@@ -161,7 +200,7 @@ def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_
     from cardamage.model.predict import predict_paths
 
     report = predict_paths(inputs, params, out_dir=out_dir, model_path=model_path, part_model_path=part_model_path)
-    for path, reason in report.failed:
+    for _path, reason in report.failed:
         click.echo(f"skipped: {reason}", err=True)
     click.echo(f"wrote {len(report.written)} assessment(s) to {out_dir or params.predict.out_dir}"
                + (f"; {len(report.failed)} photo(s) could not be read" if report.failed else ""))
@@ -175,7 +214,7 @@ def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_
               help="Model file (default: score.model_path).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Parquet file (default: score.out).")
 @click.option("--force", is_flag=True, help="Rescore every photo, not only new or stale ones.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
               help="ray: score on Ray actors (pip install -e .[ray]; RAY_ADDRESS for a cluster).")
 @click.option("--actors", type=int, default=1, show_default=True, help="Ray only: model replicas (actors).")
 @click.option("--ray-address", default=None, help="Ray only: cluster address (default: $RAY_ADDRESS, else local).")
@@ -183,18 +222,10 @@ def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_
 def score(params: Params, pool: str | None, model_path: str | None, out: str | None, force: bool,
           engine: str, actors: int, ray_address: str | None) -> None:
     """Score the unlabelled POOL (folder or list file; default data.pool) for active learning."""
-    if engine == "ray":
-        import importlib.util
+    from cardamage.active.scoring import run_score
 
-        if importlib.util.find_spec("ray") is None:
-            raise click.ClickException("--engine ray needs Ray: pip install -e .[ray]")
-        from cardamage.active.engines.ray import run_score_ray
-
-        found, scores = run_score_ray(params, pool, model_path, out, force=force, actors=actors, address=ray_address)
-    else:
-        from cardamage.active.scoring import run_score
-
-        found, scores = run_score(params, pool, model_path, out, force=force)
+    options = {"actors": actors, "address": ray_address} if engine != "local" else {}
+    found, scores = run_score(params, pool, model_path, out, force=force, engine=engine, **options)
     click.echo(f"{found.summary()}; wrote {out or params.score.out} ({len(scores)} row(s))")
     for name, reason in found.excluded.items():
         log.info("excluded %s: %s", name, reason)
@@ -202,8 +233,8 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 
 @main.command()
 @click.option("--budget", type=int, default=None, help="Photos to select (default: select.budget).")
-@click.option("--strategy", default=None,
-              help="random, entropy, margin, least_confidence, bald, coreset or hybrid (default: select.strategy).")
+@click.option("--strategy", type=RegistryChoice(_strategy_names), default=None,
+              help="A registered selection strategy (default: select.strategy).")
 @click.option("--seed", type=int, default=None, help="Seed for random / k-center (default: select.seed).")
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Scores file (default: score.out); rescored first when missing or stale.")
@@ -224,7 +255,8 @@ def select(params: Params, budget: int | None, strategy: str | None, seed: int |
         try:
             from cardamage.labelling.push import push_selection
         except ImportError:
-            raise click.ClickException(f"--push: the Label Studio push (cardamage/labelling/push.py) is not available in this "
+            raise click.ClickException(f"--push: the Label Studio push (cardamage/labelling/push.py) is not available "
+                                       f"in this "
                                        f"version; the selection is in {out}") from None
         click.echo(str(push_selection(out, params)))
 
@@ -289,8 +321,9 @@ def backbone_import(params: Params, source: str, out_dir: str, weights: str | No
 @with_params
 def prepare(params: Params, out_dir: str | None) -> None:
     """Merge the sample and the Label Studio labels into one dataset with a stable train/val split."""
+    from cardamage.data.prepare import format_report, summary_metrics
+    from cardamage.data.prepare import prepare as run_prepare
     from cardamage.fileio import write_json
-    from cardamage.data.prepare import format_report, prepare as run_prepare, summary_metrics
 
     result = run_prepare(params, out_dir=out_dir)
     write_json(params.prepare.summary, summary_metrics(result.report))

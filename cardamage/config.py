@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import yaml
+
+from cardamage.errors import BadParameterError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadParameterError):
     """A params file or override that does not match the schema; the message names the key."""
 
 
@@ -29,7 +32,7 @@ class DataParams:
 
     root: str = "data/sample"
     annotation_file: str = "via_region_data.json"
-    category_key: Optional[str] = None
+    category_key: str | None = None
     classes: list[str] = field(default_factory=lambda: ["damage"])
     class_map: dict[str, str] = field(default_factory=dict)
     train_splits: list[str] = field(default_factory=lambda: ["train"])
@@ -43,8 +46,8 @@ class ModelParams:
     """The segmentation network (``cardamage train`` builds it; the saved file remembers it)."""
 
     architecture: Literal["deeplabv3plus", "segformer"] = "deeplabv3plus"
-    backbone: str = "mobilenetv3_large"
-    backbone_preset: Optional[str] = None
+    backbone: str = "efficientnetlite_b0"
+    backbone_preset: str | None = "models/pretrained/efficientnet-lite0"
     width: float = 1.0
     input_size: int = 256
     resize: Literal["letterbox", "crop", "stretch"] = "letterbox"
@@ -72,7 +75,7 @@ class TrainParams:
     class_weighting: Literal["inverse_sqrt", "median_frequency", "none"] = "inverse_sqrt"
     max_class_weight: float = 10.0
     seed: int = 42
-    max_images: Optional[int] = None
+    max_images: int | None = None
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     augment: bool = True
     hflip: float = 0.5
@@ -88,7 +91,7 @@ class EvaluateParams:
     model_path: str = "models/model.keras"
     metrics_file: str = "reports/metrics.json"
     plots_dir: str = "reports"
-    splits: Optional[list[str]] = None
+    splits: list[str] | None = None
     batch_size: int = 8
     image_score: Literal["max_prob", "damaged_share"] = "max_prob"
     image_threshold: float = 0.5
@@ -101,7 +104,7 @@ class PredictParams:
     """Damage assessment of new photos."""
 
     model_path: str = "models/model.keras"
-    part_model_path: Optional[str] = None
+    part_model_path: str | None = None
     out_dir: str = "reports/predictions"
     threshold: float = 0.5
     min_area_share: float = 0.0002
@@ -125,8 +128,8 @@ class PrepareParams:
 class DriftParams:
     """Evidently drift report of new photos against the training photos (``cardamage drift``)."""
 
-    reference: Optional[str] = None
-    current: Optional[str] = None
+    reference: str | None = None
+    current: str | None = None
     model_outputs: bool = True
     html: str = "reports/drift.html"
     summary: str = "reports/drift_summary.json"
@@ -169,10 +172,10 @@ class SelectParams:
     """Which pool photos to send for labelling next (``cardamage select``)."""
 
     budget: int = 20
-    strategy: Literal["random", "entropy", "margin", "least_confidence", "bald", "coreset", "hybrid"] = "hybrid"
+    strategy: str = field(default="hybrid", metadata={"choices": "strategies"})
     seed: int = 0
     hybrid_factor: float = 5.0
-    hybrid_score: Literal["entropy", "margin", "least_confidence", "bald"] = "entropy"
+    hybrid_score: str = field(default="entropy", metadata={"choices": "uncertainty strategies"})
     skip_near_duplicates: bool = True
     out: str = "reports/selection.csv"
 
@@ -181,15 +184,16 @@ class SelectParams:
 class SimulateParams:
     """Simulated active learning on a fully labelled pool (``cardamage simulate``)."""
 
-    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "bald", "hybrid"])
+    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "bald", "hybrid"],
+                                  metadata={"choices": "strategies"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     initial: int = 50
     rounds: int = 5
     budget: int = 50
     input_size: int = 128
-    backbone: Optional[str] = None
-    backbone_width: Optional[float] = None
-    backbone_preset: Optional[str] = None
+    backbone: str | None = None
+    backbone_width: float | None = None
+    backbone_preset: str | None = None
     head_filters: int = 64
     dropout: float = 0.3
     epochs: int = 30
@@ -199,8 +203,8 @@ class SimulateParams:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     mc_samples: int = 8
     target_fraction: float = 0.95
-    max_pool: Optional[int] = None
-    max_val: Optional[int] = None
+    max_pool: int | None = None
+    max_val: int | None = None
     cache_dir: str = "reports/simulate_cache"
     state_file: str = "reports/active_learning_state.json"
     out: str = "reports/active_learning.json"
@@ -211,10 +215,10 @@ class SimulateParams:
 class LabelStudioParams:
     """Label Studio project, image access and where pulled labels go (``cardamage push`` / ``pull``)."""
 
-    url: Optional[str] = None
+    url: str | None = None
     project_title: str = "cardamage damage labelling"
     image_access: Literal["upload", "local-files"] = "upload"
-    local_files_root: Optional[str] = None
+    local_files_root: str | None = None
     batch_size: int = 50
     timeout_s: float = 60.0
     max_retries: int = 3
@@ -236,8 +240,8 @@ class ServeParams:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model_path: Optional[str] = None
-    part_model_path: Optional[str] = None
+    model_path: str | None = None
+    part_model_path: str | None = None
     max_upload_mb: float = 20.0
     max_photos_per_request: int = 10
     incoming_dir: str = "data/incoming"
@@ -261,7 +265,8 @@ class SettlementParams:
     band_edges: list[float] = field(default_factory=lambda: [0.02, 0.10])
     prices: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {
         "damage": {"small": [150.0, 400.0], "medium": [400.0, 1200.0], "large": [1200.0, 3500.0]}})
-    part_prices: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    part_prices: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=lambda: {
+        "headlamp": {"damage": {"small": [250.0, 600.0], "medium": [600.0, 1400.0], "large": [1400.0, 2500.0]}}})
     combine_photos: Literal["max", "sum"] = "max"
     max_uncertainty: float = 0.35
     max_damaged_share: float = 0.35
@@ -336,16 +341,37 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _registry_names(kind: str) -> list[str]:
+    """Names a registry-backed parameter accepts (read when validating, so plug-ins count)."""
+    from cardamage.active import strategies
+
+    if kind == "strategies":
+        return strategies.strategy_names()
+    if kind == "uncertainty strategies":
+        return strategies.uncertainty_names()
+    raise KeyError(kind)
+
+
+def _check_choices(value: Any, kind: str, key: str) -> None:
+    """Reject a value (or list item) that is not registered, naming the key and the known names."""
+    known = _registry_names(kind)
+    for item in value if isinstance(value, list) else [value]:
+        if item not in known:
+            raise ConfigError(f"{key}: {item!r} is not one of the {kind} {known}")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            known = ", ".join(sorted(names))
+        if key not in fields:
+            known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown parameter {full!r} (known in this section: {known})")
         kwargs[key] = _check(value, hints[key], full)
+        if "choices" in fields[key].metadata:
+            _check_choices(kwargs[key], fields[key].metadata["choices"], full)
     return cls(**kwargs)
 
 

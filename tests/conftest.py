@@ -28,3 +28,20 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared/datasets not found: {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """One untrained 64 px MobileNetV3-small (width 0.25) DeepLabV3+ per session, saved with its ModelInfo.
+
+    For tests that need a real saved model but not a trained one (scoring, selection, engines).
+    """
+    from cardamage.config import ModelParams
+    from cardamage.model.heads import build_model
+    from cardamage.model.io import ModelInfo, save_model
+
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.keras"
+    params = ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,
+                         projection_filters=8, dropout=0.3, backbone_preset=None)
+    save_model(build_model(params, 2), path, ModelInfo(classes=["damage"], input_size=64))
+    return path

@@ -10,11 +10,10 @@ import itertools
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from labelstudio_server import LabelStudioServer, find_executable, start_server
 
 SAMPLE_TEST = Path(__file__).resolve().parents[1] / "data" / "sample" / "test"

@@ -4,10 +4,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, SAMPLE
 
 from cardamage import __version__
 from cardamage.cli import main
-from conftest import REPO, SAMPLE
 
 
 def _all_commands(group, prefix=()):

@@ -4,10 +4,17 @@ The end-to-end test copies the code, ``params.yaml`` (made tiny: 64 px, 1 epoch,
 8 training photos) and the sample into a temporary git repository, runs ``dvc repro`` twice
 (the second run must do nothing), then checks that a parameter change, a new unlabelled photo and
 a new Label Studio photo each re-run exactly the stages that depend on them.
+
+Each stage depends on the code folders (and top-level modules) its command imports: the import
+graph of ``cardamage`` is read here (import statements, and module names in registry strings) and
+every module a stage's command can import must lie in one of its deps. A cheap scratch pipeline
+(stand-in outputs recorded by ``dvc commit``, no training) checks that ``dvc status`` sees an edit
+of such a module.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -24,9 +31,13 @@ from cardamage.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["backbone", "prepare", "train", "evaluate", "score", "drift", "report"]
-#: The module each stage's command runs; it must be among the stage's deps.
-MODULE = {"backbone": "backbone_import", "prepare": "prepare", "train": "train", "evaluate": "evaluate", "score": "scoring", "drift": "drift",
-          "report": "report"}
+#: The module each stage's command runs; one of the stage's deps must hold it.
+MODULE = {"backbone": "model/backbone_import", "prepare": "data/prepare", "train": "model/train",
+          "evaluate": "model/evaluate", "score": "active/scoring", "drift": "monitoring/drift",
+          "report": "monitoring/report"}
+#: The function of ``cardamage/cli.py`` behind each stage's command.
+COMMAND = {"backbone": "backbone_import", "prepare": "prepare", "train": "train", "evaluate": "evaluate",
+           "score": "score", "drift": "drift", "report": "report"}
 VAR = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -67,11 +78,11 @@ def test_params_name_existing_keys_and_deps_name_the_stage_module():
         for key in stage.get("params", []):
             _lookup(schema, key)  # KeyError names an unknown parameter
         deps = _names(stage["deps"])
-        assert f"cardamage/{MODULE[name]}.py" in deps, name
+        assert _covered(f"cardamage/{MODULE[name]}.py", deps), name
         assert stage["cmd"].startswith(f"cardamage {name}"), name
         for dep in deps:
             if dep.startswith("cardamage/"):
-                assert (REPO / dep).is_file(), dep
+                assert (REPO / dep).exists(), dep
 
 
 def test_metrics_and_plots_are_declared():
@@ -83,6 +94,154 @@ def test_metrics_and_plots_are_declared():
     assert "${train.model_path}" in _names(stages["train"]["outs"])
     assert "${drift.html}" in _names(stages["drift"]["outs"])
     assert "${report.out_file}" in _names(stages["report"]["outs"])
+
+
+# ----------------------------------------------------------------------------- code deps from the import graph
+
+#: A module named in a string, as registries name them for ``importlib`` (``"cardamage.x.y:factory"``).
+MODULE_STRING = re.compile(r"cardamage(?:\.[A-Za-z_]\w*)+(?::[\w.]+)?")
+#: The constant head of an f-string naming modules of a package (``f"cardamage.data.formats.{name}"``).
+PACKAGE_PREFIX = re.compile(r"cardamage(?:\.[A-Za-z_]\w*)*\.")
+
+
+def _code_modules(root: Path = REPO) -> dict[str, Path]:
+    """Dotted name -> file of every module of the ``cardamage`` package under ``root``."""
+    modules = {}
+    for path in sorted((root / "cardamage").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+class _Imports(ast.NodeVisitor):
+    """The ``cardamage`` modules a piece of code may import: import statements anywhere (in functions
+    too, but not under ``if TYPE_CHECKING:``) and module names in strings (``importlib`` registries).
+    Importing ``a.b.c`` runs ``a`` and ``a.b`` too, so parent packages count."""
+
+    def __init__(self, modules: dict[str, Path], module: str) -> None:
+        self.modules, self.found = modules, set()
+        is_package = modules[module].name == "__init__.py"
+        self.package = module.split(".") if is_package else module.split(".")[:-1]
+
+    def _add(self, dotted: str) -> None:
+        parts = dotted.split(".")
+        self.found |= {m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in self.modules}
+
+    def visit_If(self, node: ast.If) -> None:
+        test = ast.unparse(node.test)
+        if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:
+            package = self.package[:len(self.package) - (node.level - 1)]
+            base = ".".join(package + ([base] if base else []))
+        self._add(base)
+        for alias in node.names:  # ``from package import submodule``
+            self._add(f"{base}.{alias.name}")
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and MODULE_STRING.fullmatch(node.value):
+            self._add(node.value.split(":")[0])
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
+        head = node.values[0] if node.values else None
+        if isinstance(head, ast.Constant) and isinstance(head.value, str) and PACKAGE_PREFIX.fullmatch(head.value):
+            self.found |= {m for m in self.modules if m.startswith(head.value)}
+        self.generic_visit(node)
+
+
+def _imports(nodes, modules: dict[str, Path], module: str) -> set[str]:
+    visitor = _Imports(modules, module)
+    for node in nodes:
+        visitor.visit(node)
+    return {m for m in visitor.found if m != module}
+
+
+def _click_parent(func: ast.FunctionDef) -> str | None:
+    """``main`` for ``@main.command()`` / ``@main.group()``; ``None`` for a plain function."""
+    for d in func.decorator_list:
+        text = ast.unparse(d.func if isinstance(d, ast.Call) else d)
+        if text.endswith((".command", ".group")):
+            return text.split(".")[0]
+    return None
+
+
+def _cli_code(cli: ast.Module, command: str) -> list[ast.AST]:
+    """The parts of ``cli.py`` that run for one command: module-level statements, the command and the
+    groups above it, the helper functions these name (transitively), and helpers that the other
+    commands' decorators call while ``cli.py`` is imported."""
+    funcs = {n.name: n for n in cli.body if isinstance(n, ast.FunctionDef)}
+    commands = {name for name, f in funcs.items() if _click_parent(f)}
+    chain, name = [], command
+    while name in funcs:
+        chain.append(funcs[name])
+        name = _click_parent(funcs[name])
+    code = [n for n in cli.body if not isinstance(n, ast.FunctionDef)] + chain
+    called = {n.func.id for f in funcs.values() if f.name in commands and f not in chain for d in f.decorator_list
+              for n in ast.walk(d) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    helpers, todo = set(), set(called)
+    while True:
+        todo |= {n.id for node in code for n in ast.walk(node) if isinstance(n, ast.Name)}
+        new = {t for t in todo if t in funcs and t not in commands and t not in helpers}
+        if not new:
+            return code
+        helpers |= new
+        code += [funcs[t] for t in sorted(new)]
+
+
+def stage_modules(stage: str, root: Path = REPO) -> set[str]:
+    """Every ``cardamage`` module the stage's command can import: what ``cli.py`` runs for it, then
+    everything those modules import, transitively."""
+    modules = _code_modules(root)
+    cli = ast.parse(modules["cardamage.cli"].read_text(encoding="utf-8"))
+    todo, seen = list(_imports(_cli_code(cli, COMMAND[stage]), modules, "cardamage.cli")), {"cardamage.cli"}
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            tree = ast.parse(modules[module].read_text(encoding="utf-8"))
+            todo += _imports(tree.body, modules, module) - seen
+    return seen
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def test_import_graph_sees_lazy_imports_registries_and_skips_type_checking():
+    train, score = stage_modules("train"), stage_modules("score")
+    assert {"cardamage.model.train", "cardamage.model.inputs", "cardamage.data.masks", "cardamage.config"} <= train
+    assert "cardamage.active.scoring" in score and "cardamage.monitoring.drift" not in score
+    assert not {m for m in stage_modules("prepare") if m.startswith("cardamage.monitoring")}
+    cli = ast.parse((REPO / "cardamage" / "cli.py").read_text(encoding="utf-8"))
+    runs = {getattr(n, "name", None) for n in _cli_code(cli, "backbone_import")}
+    assert {"backbone_import", "backbone", "main"} <= runs and not runs & {"train", "prepare", "serve"}
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cardamage.service.app\n"
+                     "def f():\n    import cardamage.model.train\n"
+                     "REG = {'x': 'cardamage.monitoring.drift:run_drift'}\n"
+                     "g = lambda n: f'cardamage.data.formats.{n}'\n")
+    found = _imports(tree.body, _code_modules(), "cardamage.cli")
+    assert {"cardamage.model.train", "cardamage.monitoring.drift", "cardamage.data.formats.via"} <= found
+    assert "cardamage.service.app" not in found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_module_a_stage_imports_is_in_its_deps(stage):
+    """Add an import to a stage's code and this fails until dvc.yaml lists the folder (or module)."""
+    deps = _names(_dvc_yaml()["stages"][stage]["deps"])
+    modules = _code_modules()
+    missing = sorted(p for p in (modules[m].relative_to(REPO).as_posix() for m in stage_modules(stage))
+                     if not _covered(p, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports code it does not depend on: {missing}"
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -111,12 +270,10 @@ def _tiny_params(src: Path, dst: Path) -> None:
     dst.write_text(yaml.safe_dump(p, sort_keys=False), encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> dict:
-    """A fresh git + DVC repository holding a copy of the project; ``dvc repro`` already run once."""
+def _scratch(root: Path) -> dict[str, str]:
+    """Make ``root`` a fresh git + DVC repository holding a copy of the project (tiny params); its environment."""
     if not Path(_bin("dvc")).is_file():
         pytest.skip("dvc is not installed in this environment (pip install 'dvc>=3')")
-    root = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(REPO / "cardamage", root / "cardamage", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "data" / "sample", root / "data" / "sample")
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "setup.py"):
@@ -133,8 +290,46 @@ def project(tmp_path_factory) -> dict:
     _run([_bin("dvc"), "init", "-q"], root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "fresh clone"], root, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    """A fresh git + DVC repository holding a copy of the project; ``dvc repro`` already run once."""
+    root = tmp_path_factory.mktemp("pipeline")
+    env = _scratch(root)
     first = _run([_bin("dvc"), "repro"], root, env)
     return {"root": root, "env": env, "first": first}
+
+
+def test_editing_a_data_module_that_training_imports_marks_train_changed(tmp_path):
+    """No training: stand-ins for what ``train`` reads and writes, recorded in dvc.lock by ``dvc commit``."""
+    env = _scratch(tmp_path)
+    p = load_params(tmp_path / "params.yaml")
+    for folder in (p.prepare.out_dir, p.model.backbone_preset):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "stand-in.txt").write_text("stand-in")
+    for out in (p.train.model_path, p.train.history_csv):
+        (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / out).write_text("stand-in")
+    _run([_bin("dvc"), "commit", "-f", "train"], tmp_path, env)
+    # running a stage writes __pycache__/ into the code folders it depends on (.dvcignore skips them)
+    _run([sys.executable, "-m", "compileall", "-q", "cardamage"], tmp_path, env)
+
+    def train_status() -> str:
+        return _run([_bin("dvc"), "status", "train"], tmp_path, env)
+
+    assert "up to date" in train_status()
+    with open(tmp_path / "cardamage" / "service" / "app.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# not imported by train\n")
+    assert "up to date" in train_status()
+    # cardamage/model/inputs.py imports cardamage/data/masks.py: an edit there must re-run train
+    assert "cardamage.data.masks" in stage_modules("train", tmp_path)
+    with open(tmp_path / "cardamage" / "data" / "masks.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# edited\n")
+    status = train_status()
+    assert "train:" in status and "modified:" in status and "cardamage/data" in status, status
+    assert "cardamage/model" not in status, status
 
 
 @pytest.mark.slow

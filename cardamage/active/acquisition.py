@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from cardamage.errors import BadParameterError
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +142,13 @@ def reduce_pixels(pixel_map: np.ndarray, reduction: str = "mean", topk_percent: 
         return _masked_mean(m, keep)
     if reduction == "topk":
         if not 0 < topk_percent <= 100:
-            raise ValueError(f"topk_percent: must be in (0, 100], got {topk_percent}")
+            raise BadParameterError(f"topk_percent: must be in (0, 100], got {topk_percent}")
         return np.array([_topk_mean(m[i][keep[i]], topk_percent) for i in range(len(m))], np.float32)
     if reduction == "damage":
         if damage is None:
             raise ValueError("reduction 'damage' needs the predicted damage mask")
         return _masked_mean(m, keep & np.asarray(damage, bool))
-    raise ValueError(f"reduction: {reduction!r} is not one of {REDUCTIONS}")
+    raise BadParameterError(f"reduction: {reduction!r} is not one of {REDUCTIONS}")
 
 
 def _masked_mean(m: np.ndarray, keep: np.ndarray) -> np.ndarray:

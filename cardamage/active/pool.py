@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cardamage.config import DataParams
 from cardamage.data.dedup import file_sha256, hamming_matrix, perceptual_hash
-from cardamage.fileio import write_json
 from cardamage.data.images import IMAGE_SUFFIXES, ImageLoadError, list_images
+from cardamage.errors import EmptyInputError
+from cardamage.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +173,7 @@ def labelled_photos(data: DataParams, cache: HashCache) -> list[KnownPhoto]:
 
 
 def read_ledger(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The Label Studio ledger ``sha256 -> entry`` via :func:`cardamage.labelling.ledger.load_ledger` (missing = empty)."""
+    """The Label Studio ledger ``sha256 -> entry`` (:func:`cardamage.labelling.ledger.load_ledger`; missing = empty)."""
     from cardamage.labelling.ledger import load_ledger
 
     return dict(load_ledger(path))
@@ -267,7 +269,7 @@ def check_not_empty(pool: Pool) -> None:
         return
     if pool.unreadable and not pool.excluded:
         names = ", ".join(list(pool.unreadable)[:3]) + (" ..." if len(pool.unreadable) > 3 else "")
-        raise ValueError(f"pool {pool.source}: all {len(pool.unreadable)} photo(s) are unreadable ({names})")
+        raise EmptyInputError(f"pool {pool.source}: all {len(pool.unreadable)} photo(s) are unreadable ({names})")
     if not pool.unreadable and not pool.excluded:
-        raise ValueError(f"pool {pool.source}: no photos found")
-    raise ValueError(f"{pool.summary()}: nothing left to score or select")
+        raise EmptyInputError(f"pool {pool.source}: no photos found")
+    raise EmptyInputError(f"{pool.summary()}: nothing left to score or select")

@@ -1,14 +1,21 @@
-"""Streaming scorer: ``cardamage score`` writes one row per pool photo to ``reports/scores.parquet``.
+"""The scoring pipeline: ``cardamage score`` writes one row per pool photo to ``reports/scores.parquet``.
 
-Photos are decoded and letterboxed one batch at a time (a generator; memory stays flat however
-large the pool) with the model's own preprocessing (:func:`cardamage.model.inputs.prepare_image`), and
-rows go to a Parquet file as each batch finishes (written beside the target, renamed at the end).
+One pipeline, pluggable engines (:mod:`cardamage.active.engines`): an engine only maps a batch of
+pool photos to score columns (:class:`ScoredBatch`); this module owns everything else once: the
+freshness check (:func:`stale_photos`), the Parquet schema (:func:`schema`, read from the strategy
+registry), writing beside the target and renaming (:func:`write_scores`), and merging fresh rows
+with new ones (:func:`ensure_scores`).
 
-Columns: ``id`` (sha256), ``path``, ``entropy``, ``margin``, ``least_confidence`` (with the
-configured reduction), ``bald`` (when ``score.mc_samples > 0``), ``random``, ``damaged_share``
-(share of photo pixels predicted as damage), ``instance_count`` (connected damage regions of at
-least ``score.min_instance_px`` input pixels), ``embedding`` (pooled backbone features, list of
-float32), ``phash``, ``model_version``, ``reduction``.
+Photos are decoded and letterboxed one batch at a time (:func:`iter_batches`, a generator; memory
+stays flat however large the pool) with the model's own preprocessing
+(:func:`cardamage.model.inputs.prepare_image`).
+
+Columns: ``id`` (sha256), ``path``, one or more per registered strategy
+(:func:`cardamage.active.strategies.score_columns`: ``entropy``, ``margin``, ``least_confidence``
+with the configured reduction, ``bald`` when ``score.mc_samples > 0``, ``random``, ...),
+``damaged_share`` (share of photo pixels predicted as damage), ``instance_count`` (connected
+damage regions of at least ``score.min_instance_px`` input pixels), ``embedding`` (pooled backbone
+features, list of float32), ``phash``, ``model_version``, ``reduction``.
 
 The loop only sees a :class:`Scorer` (a ``predict`` callable and an optional MC ``sample``
 callable), never the network: :func:`load_scorer` wraps a saved model.
@@ -18,19 +25,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import NamedTuple, Protocol
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from cardamage.active.acquisition import image_scores, random_scores
-from cardamage.config import Params, ScoreParams
-from cardamage.fileio import atomic_path
-from cardamage.data.images import ImageLoadError, load_image
 from cardamage.active.pool import Pool, PoolPhoto, build_pool, check_not_empty
+from cardamage.active.strategies import ScoreBatch, score_columns, scoring_strategies
+from cardamage.config import Params, ScoreParams
+from cardamage.data.images import ImageLoadError, load_image
+from cardamage.errors import BadParameterError
+from cardamage.fileio import atomic_path
+from cardamage.model.regions import instance_counts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,8 @@ class Scorer:
 
 def load_scorer(model_path: str | os.PathLike, batch_size: int = 8) -> Scorer:
     """Wrap a model saved by ``cardamage train`` (imports TensorFlow and KerasCV)."""
-    from cardamage.model.network import load_model, mc_predict, predict_with_embeddings
+    from cardamage.model.inference import mc_predict, predict_with_embeddings
+    from cardamage.model.io import load_model
 
     model, info = load_model(model_path)
     return Scorer(predict=lambda x: predict_with_embeddings(model, x, batch_size),
@@ -78,7 +88,7 @@ def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbo
     from cardamage.model.inputs import prepare_image
 
     if batch_size < 1:
-        raise ValueError(f"score.batch_size: must be >= 1, got {batch_size}")
+        raise BadParameterError(f"score.batch_size: must be >= 1, got {batch_size}")
     kept: list[PoolPhoto] = []
     images, valids = [], []
     for photo in photos:
@@ -104,27 +114,24 @@ def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbo
 
 # ----------------------------------------------------------------------------- one batch
 
-def instance_counts(damage: np.ndarray, min_px: int = 16) -> np.ndarray:
-    """Connected damage regions (8-connectivity) of >= ``min_px`` pixels: ``int32 [N]`` from ``bool [N, H, W]``."""
-    out = np.zeros(len(damage), np.int32)
-    for i, mask in enumerate(damage):
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        out[i] = int((stats[1:n, cv2.CC_STAT_AREA] >= min_px).sum())
-    return out
-
-
-def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams,
-                samples: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Acquisition scores and damage summaries of one batch.
+def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, samples: np.ndarray | None = None,
+                ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Score columns of every registered strategy, and damage summaries, for one batch.
 
     Args:
-        probs: ``[B, S, S, C]``; valid: ``bool [B, S, S]``; samples: ``[T, B, S, S, C]`` or ``None``.
+        probs: ``[B, S, S, C]``; valid: ``bool [B, S, S]``; samples: ``[T, B, S, S, C]`` or ``None``
+            (strategies that need MC samples are then left out).
+        ids: the photos' ids (sha256; default: their positions, for callers that only read the
+            uncertainty columns).
 
     Returns:
         ``{column: [B]}`` for the score columns, ``damaged_share`` and ``instance_count``.
     """
-    methods = ["entropy", "margin", "least_confidence"] + (["bald"] if samples is not None else [])
-    cols = image_scores(probs, methods, params.reduction, params.topk_percent, valid, samples)
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(probs))]
+    batch = ScoreBatch(np.asarray(probs, np.float32), valid, samples, ids, params)
+    cols: dict[str, np.ndarray] = {}
+    for strategy in scoring_strategies(samples is not None):
+        cols.update(strategy.score(batch))
     damage = (np.asarray(probs).argmax(axis=-1) != 0) & valid
     cols["damaged_share"] = (damage.sum(axis=(1, 2)) / np.maximum(valid.sum(axis=(1, 2)), 1)).astype(np.float32)
     cols["instance_count"] = instance_counts(damage, params.min_instance_px)
@@ -133,34 +140,55 @@ def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams,
 
 # ----------------------------------------------------------------------------- the pool
 
-def _schema(dim: int, with_bald: bool):
+#: Columns every scores table has besides the strategies' score columns.
+FIXED_COLUMNS = ("id", "path", "damaged_share", "instance_count", "embedding", "phash", "model_version",
+                 "reduction")
+
+
+class ScoredBatch(NamedTuple):
+    """What an engine yields: ``photos`` (B), ``columns`` ``{name: [B]}`` from :func:`score_batch`,
+    ``embeddings`` ``float32 [B, D]``."""
+
+    photos: list[PoolPhoto]
+    columns: dict[str, np.ndarray]
+    embeddings: np.ndarray
+
+
+class Engine(Protocol):
+    """Maps pool photos to scored batches; unreadable photos go to ``unreadable`` (name -> reason)."""
+
+    mc_samples: int
+
+    def map(self, photos: Sequence[PoolPhoto], unreadable: dict[str, str]) -> Iterator[ScoredBatch]: ...
+
+
+def schema(dim: int, mc_samples: bool):
+    """The Arrow schema of a scores table with ``dim``-dimensional embeddings."""
     import pyarrow as pa
 
-    fields = [("id", pa.string()), ("path", pa.string()), ("entropy", pa.float32()), ("margin", pa.float32()),
-              ("least_confidence", pa.float32())]
-    fields += [("bald", pa.float32())] if with_bald else []
-    fields += [("random", pa.float64()), ("damaged_share", pa.float32()), ("instance_count", pa.int32()),
+    fields = [("id", pa.string()), ("path", pa.string())]
+    fields += [(c, pa.from_numpy_dtype(np.dtype(t))) for c, t in score_columns(mc_samples).items()]
+    fields += [("damaged_share", pa.float32()), ("instance_count", pa.int32()),
                ("embedding", pa.list_(pa.float32(), dim)), ("phash", pa.string()), ("model_version", pa.string()),
                ("reduction", pa.string())]
     return pa.schema(fields)
 
 
-def _batch_table(photos: list[PoolPhoto], cols: dict[str, np.ndarray], emb: np.ndarray, params: ScoreParams,
-                 version: str, schema):
+def batch_table(batch: ScoredBatch, params: ScoreParams, version: str, table_schema):
+    """One scored batch as an Arrow table of ``table_schema``."""
     import pyarrow as pa
 
-    ids = [p.sha256 for p in photos]
-    data = {"id": ids, "path": [p.name for p in photos], **cols,
-            "random": random_scores(ids, params.random_seed),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1]),
-            "phash": [p.phash for p in photos], "model_version": [version] * len(photos),
-            "reduction": [reduction_tag(params)] * len(photos)}
-    return pa.table({name: data[name] for name in schema.names}, schema=schema)
+    emb = np.asarray(batch.embeddings, np.float32)
+    data = {"id": [p.sha256 for p in batch.photos], "path": [p.name for p in batch.photos], **batch.columns,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+            "phash": [p.phash for p in batch.photos], "model_version": [version] * len(batch.photos),
+            "reduction": [reduction_tag(params)] * len(batch.photos)}
+    return pa.table({name: data[name] for name in table_schema.names}, schema=table_schema)
 
 
-def score_photos(photos: Sequence[PoolPhoto], scorer: Scorer, params: ScoreParams, out: str | os.PathLike,
-                 unreadable: dict[str, str] | None = None, progress: bool = True) -> int:
-    """Score ``photos`` batch by batch and write the Parquet file ``out`` atomically.
+def write_scores(engine: Engine, photos: Sequence[PoolPhoto], params: ScoreParams, out: str | os.PathLike,
+                 version: str, unreadable: dict[str, str] | None = None, progress: bool = True) -> int:
+    """Score ``photos`` with ``engine`` batch by batch into the Parquet file ``out``, atomically.
 
     Returns:
         The number of rows written (unreadable photos are left out and added to ``unreadable``).
@@ -168,32 +196,35 @@ def score_photos(photos: Sequence[PoolPhoto], scorer: Scorer, params: ScoreParam
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    mc = params.mc_samples if scorer.sample is not None else 0
-    writer = None
+    unreadable = {} if unreadable is None else unreadable
+    writer = table_schema = None
     rows = 0
     bar = tqdm(total=len(photos), unit="photo", desc="scoring", disable=not progress)
     with atomic_path(out, suffix=".parquet") as tmp:
         try:
-            for batch, images, valid in iter_batches(photos, scorer.input_size, scorer.resize,
-                                                     params.batch_size, unreadable):
-                probs, emb = scorer.predict(images)
-                samples = scorer.sample(images, mc) if mc > 0 else None
-                cols = score_batch(probs, valid, params, samples)
+            for batch in engine.map(photos, unreadable):
                 if writer is None:
-                    schema = _schema(int(emb.shape[1]), mc > 0)
-                    writer = pq.ParquetWriter(tmp, schema)
-                writer.write_table(_batch_table(batch, cols, np.asarray(emb), params, scorer.model_version, schema))
-                rows += len(batch)
-                bar.update(len(batch))
+                    table_schema = schema(int(batch.embeddings.shape[1]), engine.mc_samples > 0)
+                    writer = pq.ParquetWriter(tmp, table_schema)
+                writer.write_table(batch_table(batch, params, version, table_schema))
+                rows += len(batch.photos)
+                bar.update(len(batch.photos))
             if writer is None:  # nothing readable: still leave a valid, empty file
-                schema = _schema(1, mc > 0)
-                writer = pq.ParquetWriter(tmp, schema)
+                writer = pq.ParquetWriter(tmp, schema(1, engine.mc_samples > 0))
         finally:
             if writer is not None:
                 writer.close()
             bar.close()
     log.debug("wrote %s: %d photo(s) scored", out, rows)
     return rows
+
+
+def score_photos(photos: Sequence[PoolPhoto], scorer: Scorer, params: ScoreParams, out: str | os.PathLike,
+                 unreadable: dict[str, str] | None = None, progress: bool = True) -> int:
+    """Score ``photos`` with a model in this process (the local engine) and write ``out``; returns rows."""
+    from cardamage.active.engines.local import LocalEngine
+
+    return write_scores(LocalEngine(scorer, params), photos, params, out, scorer.model_version, unreadable, progress)
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
@@ -206,24 +237,33 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_version: str,
                  params: ScoreParams) -> list[PoolPhoto]:
-    """Pool photos without a fresh row (other model version, reduction, MC setting, or none at all)."""
+    """Pool photos without a fresh row (other model version, reduction, score columns, or none at all).
+
+    The score columns are those the strategy registry expects now (``bald`` only with
+    ``score.mc_samples > 0``; a newly registered strategy's columns): any other set rescores all.
+    """
     if not len(scores):
         return list(photos)
     fresh = scores[(scores["model_version"] == model_version) & (scores["reduction"] == reduction_tag(params))]
-    if (params.mc_samples > 0) != ("bald" in scores.columns):
+    if set(scores.columns) - set(FIXED_COLUMNS) != set(score_columns(params.mc_samples > 0)):
         fresh = fresh.iloc[0:0]
     have = set(fresh["id"])
     return [p for p in photos if p.sha256 not in have]
 
 
+EngineFactory = Callable[[], Engine | Scorer]
+
+
 def ensure_scores(photos: Sequence[PoolPhoto], path: str | os.PathLike, params: ScoreParams,
-                  scorer_factory: Callable[[], Scorer], model_version: str,
+                  engine_factory: EngineFactory, model_version: str,
                   unreadable: dict[str, str] | None = None, progress: bool = True,
                   force: bool = False) -> pd.DataFrame:
     """The scores of ``photos``, scoring first those that are missing or stale (all with ``force``).
 
     Fresh rows of photos still in the pool are kept, new rows appended, rows of photos that left
     the pool dropped; the file is rewritten atomically only when something changed.
+    ``engine_factory`` is called only when something needs scoring; it returns an engine, or a
+    :class:`Scorer` that is then run by the local engine.
 
     Returns:
         One row per readable photo of ``photos``.
@@ -232,15 +272,20 @@ def ensure_scores(photos: Sequence[PoolPhoto], path: str | os.PathLike, params: 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from cardamage.active.engines.local import LocalEngine
+
     path = Path(path)
     scores = read_scores(path)
     todo = list(photos) if force else stale_photos(scores, photos, model_version, params)
     wanted = pa.array([p.sha256 for p in photos], pa.string())
     if todo:
         log.info("scoring %d new or stale photo(s) of %d", len(todo), len(photos))
+        engine = engine_factory()
+        if isinstance(engine, Scorer):
+            engine = LocalEngine(engine, params)
         new_path = path.with_name(f".{path.stem}.new.parquet")
         try:
-            score_photos(todo, scorer_factory(), params, new_path, unreadable, progress)
+            write_scores(engine, todo, params, new_path, model_version, unreadable, progress)
             new = pq.read_table(new_path)
         finally:
             new_path.unlink(missing_ok=True)
@@ -282,30 +327,35 @@ def labelled_embeddings(files: Sequence[tuple[str, Path]], scorer_factory: Calla
             _, emb = scorer.predict(images)
             ids += [p.sha256 for p in batch]
             embs += list(np.asarray(emb, np.float32))
-        with atomic_path(cache, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, ids=np.array(ids, dtype=str), embeddings=np.stack(embs) if embs else np.zeros((0, 0)),
-                         model_version=np.array(model_version))
+        with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, ids=np.array(ids, dtype=str), embeddings=np.stack(embs) if embs else np.zeros((0, 0)),
+                     model_version=np.array(model_version))
     wanted = {sha for sha, _ in files}
     rows = [e for i, e in zip(ids, embs) if i in wanted]
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
 def run_score(params: Params, source: str | None = None, model_path: str | None = None, out: str | None = None,
-              force: bool = False, progress: bool = True) -> tuple[Pool, pd.DataFrame]:
-    """``cardamage score``: list the pool, drop exclusions, score what is new or stale.
+              force: bool = False, progress: bool = True, engine: str = "local",
+              **engine_options) -> tuple[Pool, pd.DataFrame]:
+    """``cardamage score``: list the pool, drop exclusions, score what is new or stale with ``engine``.
+
+    Args:
+        engine: a name from :data:`cardamage.active.engines.ENGINES` (``local``, ``ray``).
+        engine_options: passed to the engine (Ray: ``actors``, ``address``).
 
     Raises:
-        ValueError: empty pool, only unreadable photos, unusable model file.
+        CardamageError: empty pool, only unreadable photos, unusable model file, missing engine.
     """
-    from cardamage.model.network import read_model_info
+    from cardamage.active.engines import make_engine
+    from cardamage.model.io import read_model_info
 
     model_path = model_path or params.score.model_path
     pool = build_pool(source or params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
     check_not_empty(pool)
     version = read_model_info(model_path).model_version
     scores = ensure_scores(pool.photos, out or params.score.out, params.score,
-                           lambda: load_scorer(model_path, params.score.batch_size), version,
+                           lambda: make_engine(engine, model_path, params.score, **engine_options), version,
                            pool.unreadable, progress, force)
     if not len(scores):
         check_not_empty(Pool(pool.source, unreadable=pool.unreadable))

@@ -1,31 +1,32 @@
-"""Selection strategies: which photos of the scored pool to send for labelling next.
+"""Batch selection: which photos of the scored pool to send for labelling next.
 
-Strategies (all deterministic for a given seed):
+The strategies themselves live in the registry (:mod:`cardamage.active.strategies`); this module
+holds what they share:
 
-* ``random``: the ``budget`` photos with the highest ``hash(seed, id)`` (order-independent);
-* ``entropy``, ``margin``, ``least_confidence``, ``bald``: the highest image scores of that column
-  of the scores table (ties broken by id);
-* ``coreset``: k-center greedy (Sener & Savarese 2018) on L2-normalised embeddings, starting
-  from the embeddings of the photos that are already labelled: each pick is the pool photo
-  farthest from every labelled and already picked photo;
-* ``hybrid``: uncertainty first, then diversity: the top ``M = hybrid_factor * budget`` photos by
-  ``hybrid_score`` (e.g. entropy), then k-center greedy inside those ``M`` (labelled set as the
-  initial centres), so the batch is uncertain *and* not ``budget`` copies of the same hard case.
+* :func:`select_batch`: checks, sorting by id, budget capping and ranks around a strategy's pick;
+* :func:`ranked`: the highest values first (ties broken by id), skipping a photo whose perceptual
+  hash is within ``near_duplicate_distance`` of a photo already in the batch;
+* :func:`k_center_greedy` (Sener & Savarese 2018) on L2-normalised embeddings, starting from the
+  embeddings of the photos that are already labelled, used by ``coreset`` and ``hybrid``
+  (uncertainty first, then diversity: the top ``M = hybrid_factor * budget`` photos by
+  ``hybrid_score``, then k-center greedy inside those ``M``);
+* the ``select`` stage, :func:`run_select`.
 
-For the ranked strategies (random and uncertainty scores), a photo whose perceptual hash is within
-``near_duplicate_distance`` of a photo already in the batch is skipped.
+All deterministic for a given seed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from cardamage.active.acquisition import random_scores
+from cardamage.active.strategies import EMBEDDINGS, SelectContext, get_strategy
 from cardamage.data.dedup import hamming_matrix
+from cardamage.errors import BadInputError, BadParameterError, EmptyInputError
 from cardamage.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -33,13 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNCERTAINTY = ("entropy", "margin", "least_confidence", "bald")
-STRATEGIES = ("random",) + UNCERTAINTY + ("coreset", "hybrid")
 SELECTION_COLUMNS = ["id", "path", "score", "rank", "strategy", "reason"]
 
-
-class EmptyPoolError(ValueError):
-    """Nothing to select from; the message says why in one line."""
+#: Raised when nothing is left to select (kept under this name for callers).
+EmptyPoolError = EmptyInputError
 
 
 # ----------------------------------------------------------------------------- k-center greedy
@@ -106,7 +104,7 @@ def k_center_greedy(embeddings: np.ndarray, budget: int, centres: np.ndarray | N
 def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
     """The ``embedding`` list column of a scores table as ``float32 [N, D]``."""
     if "embedding" not in scores.columns:
-        raise ValueError("scores: no 'embedding' column (rerun `cardamage score`)")
+        raise BadInputError("scores: no 'embedding' column (rerun `cardamage score`)")
     if not len(scores):
         return np.zeros((0, 0), np.float32)
     return np.stack([np.asarray(e, np.float32) for e in scores["embedding"]])
@@ -115,12 +113,12 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0,
                  labelled_embeddings: np.ndarray | None = None, hybrid_factor: float = 5.0,
                  hybrid_score: str = "entropy", near_duplicate_distance: int | None = None) -> pd.DataFrame:
-    """Choose ``budget`` photos from a scores table.
+    """Choose ``budget`` photos from a scores table with a registered strategy.
 
     Args:
         scores: one row per candidate photo, with ``id``, ``path``, the score columns, ``embedding``
-            (for coreset / hybrid) and optionally ``phash``.
-        strategy: one of :data:`STRATEGIES`.
+            (for strategies that need embeddings) and optionally ``phash``.
+        strategy: a name from :func:`cardamage.active.strategies.strategy_names`.
         budget: photos to select; more than the pool selects the whole pool (with a warning).
         seed: for ``random`` and for the first k-center pick without labelled photos.
         labelled_embeddings: ``[M, D]`` embeddings of the labelled photos (coreset / hybrid).
@@ -132,49 +130,45 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         A table with :data:`SELECTION_COLUMNS`, rank 1 first.
 
     Raises:
-        EmptyPoolError: no candidate; ValueError: unknown strategy, missing column, budget < 1.
+        EmptyInputError: no candidate; BadParameterError: unknown strategy, budget < 1;
+        BadInputError: a score column the strategy needs is missing.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"select.strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    chosen = get_strategy(strategy)
     if budget < 1:
-        raise ValueError(f"select.budget: must be >= 1, got {budget}")
+        raise BadParameterError(f"select.budget: must be >= 1, got {budget}")
     if not len(scores):
-        raise EmptyPoolError("the pool has no photo left to select (all excluded, unreadable or none found)")
+        raise EmptyInputError("the pool has no photo left to select (all excluded, unreadable or none found)")
     table = scores.sort_values("id", kind="stable").reset_index(drop=True)
     if budget > len(table):
         log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
         budget = len(table)
-    if strategy == "coreset":
-        picked = _coreset(table, budget, labelled_embeddings, seed)
-    elif strategy == "hybrid":
-        picked = _hybrid(table, budget, labelled_embeddings, seed, hybrid_factor, hybrid_score)
-    else:
-        picked = _ranked(table, strategy, budget, seed, near_duplicate_distance)
+    ctx = SelectContext(budget, seed, labelled_embeddings, hybrid_factor, hybrid_score, near_duplicate_distance)
+    picked = chosen.select(table, ctx).reset_index(drop=True)
     picked.insert(3, "rank", np.arange(1, len(picked) + 1))
     picked["strategy"] = strategy
     return picked[SELECTION_COLUMNS].reset_index(drop=True)
 
 
-def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+def score_column(table: pd.DataFrame, name: str) -> np.ndarray:
+    """The score column ``name`` as ``float64 [N]``; :class:`BadInputError` when it is missing or empty."""
     if name not in table.columns or table[name].isna().all():
-        hint = " (set score.mc_samples > 0 and rescore)" if name == "bald" else ""
-        raise ValueError(f"scores: no {name!r} scores{hint}")
+        hint = " (set score.mc_samples > 0 and rescore)" if name == "bald" else " (rescore with `cardamage score`)"
+        raise BadInputError(f"scores: no {name!r} scores{hint}")
     return table[name].to_numpy(np.float64)
 
 
-def _ranked(table: pd.DataFrame, strategy: str, budget: int, seed: int,
-            near_duplicate_distance: int | None) -> pd.DataFrame:
-    values = random_scores(table["id"].tolist(), seed) if strategy == "random" else _column(table, strategy)
+def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_distance: int | None,
+           reason: Callable[[float, int, int], str]) -> pd.DataFrame:
+    """The ``budget`` rows with the highest ``values [N]`` (ties by id), skipping near-duplicates.
+
+    ``reason(value, position in the ranking (1-based), N)`` writes each pick's reason.
+    """
     order = np.lexsort((table["id"].to_numpy(), -np.nan_to_num(values, nan=-np.inf)))
     chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance)
     out = table.iloc[chosen][["id", "path"]].copy()
     out["score"] = values[chosen]
-    n = len(table)
-    if strategy == "random":
-        out["reason"] = [f"random draw (seed {seed})"] * len(chosen)
-    else:
-        pos = {int(i): r for r, i in enumerate(order)}
-        out["reason"] = [f"{strategy} {values[i]:.4f}, #{pos[int(i)] + 1} of {n}" for i in chosen]
+    pos = {int(i): r for r, i in enumerate(order)}
+    out["reason"] = [reason(float(values[i]), pos[int(i)] + 1, len(table)) for i in chosen]
     if skipped:
         log.info("skipped %d near-duplicate(s) of photos already in the batch", skipped)
     return out
@@ -206,7 +200,8 @@ def _skip_near_duplicates(order: np.ndarray, table: pd.DataFrame, budget: int,
     return chosen, skipped
 
 
-def _coreset(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int) -> pd.DataFrame:
+def coreset(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int) -> pd.DataFrame:
+    """k-center greedy over the whole table (the ``coreset`` strategy)."""
     emb = embedding_matrix(table)
     picks, dists = k_center_greedy(emb, budget, labelled, seed)
     out = table.iloc[picks][["id", "path"]].copy()
@@ -216,11 +211,12 @@ def _coreset(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed
     return out
 
 
-def _hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int,
-            factor: float, score_name: str) -> pd.DataFrame:
+def hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int,
+           factor: float, score_name: str) -> pd.DataFrame:
+    """k-center greedy inside the ``factor x budget`` highest ``score_name`` rows (the ``hybrid`` strategy)."""
     if factor < 1:
-        raise ValueError(f"select.hybrid_factor: must be >= 1, got {factor}")
-    values = _column(table, score_name)
+        raise BadParameterError(f"select.hybrid_factor: must be >= 1, got {factor}")
+    values = score_column(table, score_name)
     m = min(len(table), max(budget, int(round(factor * budget))))
     top = np.lexsort((table["id"].to_numpy(), -values))[:m]
     picks, dists = k_center_greedy(embedding_matrix(table.iloc[top]), budget, labelled, seed)
@@ -263,23 +259,22 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
         ``(selection, path of the CSV)``.
 
     Raises:
-        ValueError: empty pool, unreadable pool, bad strategy or budget (one-line messages).
+        CardamageError: empty pool, unreadable pool, bad strategy or budget (one-line messages).
     """
-    from cardamage.model.network import read_model_info
     from cardamage.active.scoring import labelled_embeddings, load_scorer, run_score
+    from cardamage.model.io import read_model_info
 
     sp = params.select
     strategy = strategy or sp.strategy
     budget = sp.budget if budget is None else budget
     seed = sp.seed if seed is None else seed
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    chosen = get_strategy(strategy)
     if budget < 1:
-        raise ValueError(f"--budget: must be >= 1, got {budget}")
+        raise BadParameterError(f"--budget: must be >= 1, got {budget}")
     model_path = model_path or params.score.model_path
     pool, scores = run_score(params, source, model_path, scores_path, progress=progress)
     labelled = None
-    if strategy in ("coreset", "hybrid"):
+    if EMBEDDINGS in chosen.needs:
         files = [(k.sha256, k.file) for k in pool.known if k.file is not None]
         labelled = labelled_embeddings(files, lambda: load_scorer(model_path, params.score.batch_size),
                                        read_model_info(model_path).model_version,

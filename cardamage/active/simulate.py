@@ -12,14 +12,16 @@ reference, and per strategy the number of labels at which the mean curve first r
 ``target_fraction`` of the whole-pool mean IoU; ``simulate.plot`` draws mean IoU against labelled
 photos, one line per strategy with a min-max band over the seeds.
 
-Affordable on 2 CPU cores because the backbone is FROZEN: its feature pyramid (strides 4, 8, 16,
-32) and pooled embedding (spatial mean of the stride-32 map, as
-:func:`cardamage.model.network.predict_with_embeddings`) are computed once per photo at
-``simulate.input_size`` (default 128 px, letterboxed as in :mod:`cardamage.model.inputs`) and cached to
-``.npz`` in ``simulate.cache_dir``. Each round retrains from scratch only a small FPN-style decoder
-head (1x1 lateral convs summed top-down to stride 8, one 3x3 conv-BN-ReLU, a 1x1 fusion with the
-stride-4 map, dropout, 1x1 classifier, bilinear upsampling to the input size; loss = class-weighted
-cross-entropy + Dice as in training; Adam, per-epoch cosine decay by default). MC-dropout (BALD)
+Affordable on 2 CPU cores because the backbone is FROZEN (the learner is
+:mod:`cardamage.model.frozen`): its feature pyramid (strides 4, 8, 16, 32) and pooled embedding
+(spatial mean of the stride-32 map, as :func:`cardamage.model.inference.predict_with_embeddings`)
+are computed once per photo at ``simulate.input_size`` (default 128 px, letterboxed as in
+:mod:`cardamage.model.inputs`) and cached to ``.npz`` in ``simulate.cache_dir``. Each round retrains
+from scratch only a small FPN-style decoder head (:func:`cardamage.model.heads.build_light_head`:
+1x1 lateral convs summed top-down to stride 8, one 3x3 conv-BN-ReLU, a 1x1 fusion with the
+stride-4 map, dropout, 1x1 classifier, bilinear upsampling to the input size; loss =
+:class:`cardamage.model.losses.SegmentationLoss`, class-weighted cross-entropy + Dice as in
+training; Adam, per-epoch cosine decay by default). MC-dropout (BALD)
 samples only the head's dropout and classifier; acquisition scores are computed on the head's
 stride-4 probabilities. The backbone is ``simulate.backbone`` (default: ``model.backbone``) with
 ``simulate.backbone_preset`` (default: ``model.backbone_preset``; ``null`` = random init, which
@@ -31,320 +33,52 @@ resumes where it stopped; ``max_rounds`` stops each run after that round.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from cardamage.active.acquisition import image_scores
+from cardamage.active.selection import select_batch
+from cardamage.active.strategies import MC_SAMPLES, ScoreBatch, SelectContext, get_strategy, strategy_names
 from cardamage.config import Params
+from cardamage.errors import BadInputError, BadParameterError
 from cardamage.fileio import atomic_path, write_json
-from cardamage.model.losses import IGNORE_INDEX, class_weights_from_counts, confusion_matrix, iou_per_class
-from cardamage.active.selection import UNCERTAINTY, select_batch
+from cardamage.model.frozen import FeatureBank, HeadTrainer, backbone_config, evaluate_head, load_bank, predict_head
+
+if TYPE_CHECKING:
+    from cardamage.model.heads import Head
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("random",) + UNCERTAINTY + ("coreset", "hybrid")
-STRIDES = (4, 8, 16, 32)
-
-
-@dataclass
-class FeatureBank:
-    """Frozen-backbone features of one set of photos.
-
-    Attributes:
-        features: ``{stride: float16 [N, S/stride, S/stride, C_stride]}``.
-        embeddings: ``float32 [N, D]`` pooled stride-32 features.
-        masks: ``uint8 [N, S, S]`` labels (0 background, 1.. classes, 255 padding).
-        paths: photo paths relative to the dataset root.
-    """
-
-    features: dict[int, np.ndarray]
-    embeddings: np.ndarray
-    masks: np.ndarray
-    paths: list[str]
-
-    def inputs(self, index: np.ndarray | Sequence[int] | slice) -> list[np.ndarray]:
-        """Head inputs ``[float32 [n, h_s, w_s, C_s] for s in STRIDES]`` of the selected photos."""
-        return [self.features[s][index].astype(np.float32) for s in STRIDES]
-
-
-# ----------------------------------------------------------------------------- features
-
-def backbone_config(params: Params) -> dict[str, Any]:
-    """The frozen backbone the simulation uses (simulate.* falling back to model.*)."""
-    sim, model = params.simulate, params.model
-    return {"backbone": sim.backbone or model.backbone,
-            "width": sim.backbone_width if sim.backbone_width is not None else model.width,
-            "preset": sim.backbone_preset or model.backbone_preset, "input_size": sim.input_size}
-
-
-def _cache_key(params: Params, split_paths: Sequence[str]) -> str:
-    cfg = backbone_config(params)
-    preset = Path(cfg["preset"]) if cfg["preset"] else None
-    stamp = []
-    if preset is not None and preset.is_dir():  # a re-imported preset must not reuse old features
-        stamp = [(p.name, p.stat().st_mtime_ns) for p in sorted(preset.rglob("*")) if p.is_file()]
-    blob = json.dumps([cfg, stamp, params.data.classes, params.data.class_map, str(params.data.root),
-                       list(split_paths)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _extractor(params: Params):
-    """A Keras model ``image [N,S,S,3] (RGB 0-255) -> [stride 4, 8, 16, 32 maps]`` of the frozen backbone."""
-    import keras
-
-    from cardamage.model.network import build_backbone
-
-    cfg = backbone_config(params)
-    backbone = build_backbone(cfg["backbone"], cfg["input_size"], cfg["width"], cfg["preset"])
-    size = cfg["input_size"]
-    by_stride = {}
-    for layer_name in backbone.pyramid_level_inputs.values():
-        out = backbone.get_layer(layer_name).output
-        by_stride[size // int(out.shape[1])] = out
-    missing = [s for s in STRIDES if s not in by_stride]
-    if missing:
-        raise ValueError(f"simulate.backbone: {cfg['backbone']} has no feature map at stride(s) {missing}")
-    return keras.Model(backbone.input, [by_stride[s] for s in STRIDES])
-
-
-def extract_features(params: Params, records: Sequence[Any], root: Path, batch_size: int = 32) -> FeatureBank:
-    """Run the frozen backbone over ``records`` letterboxed to ``simulate.input_size``; skip unreadable photos."""
-    from tqdm import tqdm
-
-    from cardamage.data.images import ImageLoadError, load_image
-    from cardamage.model.inputs import category_mapper, fit_geometry, fit_image, fit_mask
-
-    size = params.simulate.input_size
-    extractor = _extractor(params)
-    category_of = category_mapper(params.data.classes, params.data.class_map)
-    feats: dict[int, list[np.ndarray]] = {s: [] for s in STRIDES}
-    masks, paths, batch = [], [], []
-
-    def flush() -> None:
-        outs = extractor(np.stack(batch).astype(np.float32), training=False)
-        for s, out in zip(STRIDES, outs):
-            feats[s].append(np.asarray(out, np.float16))
-        batch.clear()
-
-    for record in tqdm(records, desc="backbone features", unit="photo"):
-        try:
-            image = load_image(root / record.path)
-        except ImageLoadError as exc:
-            log.warning("skipping unreadable photo %s: %s", record.path, exc)
-            continue
-        fit = fit_geometry(image.shape[1], image.shape[0], size, "letterbox")
-        batch.append(fit_image(image, fit))
-        masks.append(fit_mask(record.instances, params.data.classes, fit, category_of))
-        paths.append(record.path)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    if not paths:
-        raise ValueError(f"simulate: no readable photo among {len(records)} record(s)")
-    features = {s: np.concatenate(feats[s]) for s in STRIDES}
-    emb = features[32].astype(np.float32).mean(axis=(1, 2))
-    return FeatureBank(features, emb, np.stack(masks), paths)
-
-
-def load_bank(params: Params, splits: Sequence[str], limit: int | None) -> FeatureBank:
-    """Labelled photos of ``splits`` (first ``limit`` by path) as a :class:`FeatureBank`, cached on disk."""
-    from cardamage.model.inputs import load_records
-
-    records, root = load_records(params.data, splits)
-    records = sorted(records, key=lambda r: r.path)[:limit]
-    cache = Path(params.simulate.cache_dir) / f"{'+'.join(splits)}-{_cache_key(params, [r.path for r in records])}.npz"
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as npz:
-            log.info("features from cache %s", cache)
-            return FeatureBank({s: npz[f"s{s}"] for s in STRIDES}, npz["embeddings"], npz["masks"],
-                               [str(p) for p in npz["paths"]])
-    bank = extract_features(params, records, root)
-    with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, embeddings=bank.embeddings, masks=bank.masks, paths=np.array(bank.paths, dtype=str),
-                 **{f"s{s}": bank.features[s] for s in STRIDES})
-    return bank
-
-
-# ----------------------------------------------------------------------------- head
-
-@dataclass
-class Head:
-    """A decoder head in three views sharing weights.
-
-    ``trunk``: ``[stride 4, 8, 16, 32 maps] -> h [N, S/4, S/4, filters]`` (convs + batch norm);
-    ``tail``: ``h -> logits [N, S/4, S/4, C]`` (dropout + 1x1 classifier, no batch norm, so
-    ``tail(h, training=True)`` is pure MC dropout); ``model``: features -> softmax of the logits
-    bilinearly upsampled to ``[N, S, S, C]`` (trained and evaluated at full input resolution).
-    """
-
-    trunk: Any
-    tail: Any
-    model: Any
-
-
-def build_head(shapes: Sequence[tuple[int, ...]], num_classes: int, filters: int, dropout: float, size: int) -> Head:
-    """FPN-style decoder over cached features: 1x1 laterals summed top-down to stride 8, a 3x3
-    conv-BN-ReLU there, then upsampled, concatenated with the stride-4 lateral and fused by a 1x1
-    conv-BN-ReLU (a 3x3 conv at stride 4 would cost 9x more on 2 cores for little gain)."""
-    import keras
-    from keras import layers
-
-    inputs = [keras.Input(shape) for shape in shapes]
-    x = layers.Conv2D(filters, 1)(inputs[3])
-    for feat in (inputs[2], inputs[1]):
-        x = layers.UpSampling2D(2, interpolation="bilinear")(x)
-        x = layers.Add()([x, layers.Conv2D(filters, 1)(feat)])
-    x = _conv_bn_relu(x, filters, 3)
-    x = layers.UpSampling2D(2, interpolation="bilinear")(x)
-    x = layers.Concatenate()([x, layers.Conv2D(max(8, filters // 2), 1)(inputs[0])])
-    trunk = keras.Model(inputs, _conv_bn_relu(x, filters, 1), name="trunk")
-    h = keras.Input(trunk.output.shape[1:])
-    tail = keras.Model(h, layers.Conv2D(num_classes, 1)(layers.Dropout(dropout)(h)), name="tail")
-    logits = layers.Resizing(size, size, interpolation="bilinear")(tail(trunk(inputs)))
-    return Head(trunk, tail, keras.Model(inputs, layers.Softmax()(logits), name="head"))
-
-
-def _conv_bn_relu(x: Any, filters: int, kernel: int) -> Any:
-    from keras import layers
-
-    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False)(x)
-    return layers.ReLU()(layers.BatchNormalization()(x))
-
-
-def _head_loss(num_classes: int, class_weights: Any, dice_weight: float):
-    """Class-weighted cross-entropy + ``dice_weight`` x soft Dice (as :class:`cardamage.model.losses.SegmentationLoss`).
-
-    ``class_weights`` is a Keras variable, so new weights for a new labelled set need no retracing.
-    """
-    from keras import ops
-
-    def loss(y_true: Any, y_pred: Any) -> Any:
-        probs = ops.clip(y_pred, 1e-6, 1.0 - 1e-6)
-        labels = ops.cast(ops.reshape(y_true, ops.shape(probs)[:-1]), "int32")
-        valid = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
-        onehot = ops.one_hot(ops.where(labels == IGNORE_INDEX, 0, labels), num_classes) * valid[..., None]
-        pixel_w = ops.sum(onehot * class_weights, axis=-1)
-        ce = ops.sum(pixel_w * -ops.log(ops.sum(onehot * probs, axis=-1) + 1e-6)) / ops.maximum(ops.sum(pixel_w), 1e-6)
-        p = probs * valid[..., None]
-        inter = ops.sum(p * onehot, axis=(0, 1, 2))[1:]
-        total = ops.sum(p, axis=(0, 1, 2))[1:] + ops.sum(onehot, axis=(0, 1, 2))[1:]
-        return ce + dice_weight * (1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0)))
-
-    return loss
-
-
-class HeadTrainer:
-    """Trains heads of one shape many times, compiling once (a fresh Keras model per round costs seconds).
-
-    Each :meth:`fit` starts from the initial weights a newly built head would get for its seed, with
-    a reset optimizer and class weights from the labelled pixels (``train.class_weighting``).
-    """
-
-    def __init__(self, params: Params, bank: FeatureBank):
-        import keras
-
-        sim = params.simulate
-        self.params = params
-        self.num_classes = len(params.data.classes) + 1
-        self.shapes = [tuple(bank.features[s].shape[1:]) for s in STRIDES]
-        self.head = self._build()
-        self.model = self.head.model
-        self.class_weights = keras.Variable(np.ones(self.num_classes, np.float32), trainable=False,
-                                            name="class_weights")
-        optimizer = keras.optimizers.Adam(sim.learning_rate)
-        self.model.compile(optimizer=optimizer,
-                           loss=_head_loss(self.num_classes, self.class_weights, params.train.dice_weight))
-        optimizer.build(self.model.trainable_variables)
-        self._optimizer_start = [np.array(v.numpy()) for v in optimizer.variables]
-
-    def _build(self):
-        sim = self.params.simulate
-        return build_head(self.shapes, self.num_classes, sim.head_filters, sim.dropout, sim.input_size)
-
-    def fit(self, bank: FeatureBank, index: np.ndarray, seed: int) -> Head:
-        """Train on the photos ``index`` of ``bank`` from a fresh start; returns the trained :class:`Head`."""
-        import keras
-
-        sim, train = self.params.simulate, self.params.train
-        keras.utils.set_random_seed(seed)
-        self.model.set_weights(self._build().model.get_weights())
-        for var, value in zip(self.model.optimizer.variables, self._optimizer_start):
-            var.assign(value)
-        masks = bank.masks[index]
-        counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=self.num_classes)[:self.num_classes]
-        self.class_weights.assign(class_weights_from_counts(counts, train.class_weighting, train.max_class_weight))
-        steps = math.ceil(len(index) / sim.batch_size)
-        epochs = max(sim.epochs, math.ceil(sim.min_steps / steps))
-        callbacks = []
-        if sim.lr_schedule == "cosine":  # decays to 0: the last epoch's weights vary less between runs
-            callbacks.append(keras.callbacks.LearningRateScheduler(
-                lambda epoch: sim.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))))
-        self.model.fit(bank.inputs(index), masks.astype(np.int32), batch_size=sim.batch_size, epochs=epochs,
-                       shuffle=True, verbose=0, callbacks=callbacks)
-        return self.head
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def predict_head(head: Head, bank: FeatureBank, index: np.ndarray, mc_samples: int = 0, batch_size: int = 64):
-    """Yield ``(batch index, probs [B,S/4,S/4,C], samples [T,B,S/4,S/4,C] or None)`` over ``index``.
-
-    Probabilities at the head's native stride 4 (before upsampling): acquisition scores computed
-    there cost 16x less and the bilinear upsampling adds no information.
-    """
-    for start in range(0, len(index), batch_size):
-        part = index[start:start + batch_size]
-        h = head.trunk(bank.inputs(part), training=False)
-        probs = _softmax(np.asarray(head.tail(h, training=False)))
-        samples = None
-        if mc_samples:  # all T dropout draws in one call: [T*B, ...] -> [T, B, ...]
-            tiled = np.asarray(head.tail(np.concatenate([np.asarray(h)] * mc_samples), training=True))
-            samples = _softmax(tiled.reshape((mc_samples, len(part)) + tiled.shape[1:]))
-        yield part, probs, samples
-
-
-def evaluate_head(head: Head, bank: FeatureBank, num_classes: int, batch_size: int = 64) -> dict[str, float]:
-    """Validation mean IoU (classes present, background included) and damage (foreground) IoU at full input size."""
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    for start in range(0, len(bank.paths), batch_size):
-        part = np.arange(start, min(start + batch_size, len(bank.paths)))
-        probs = np.asarray(head.model(bank.inputs(part), training=False))
-        cm += confusion_matrix(bank.masks[part], probs.argmax(-1), num_classes)
-    iou = iou_per_class(cm)
-    tp = cm[1:, 1:].sum()
-    fg = cm.sum() - cm[0, 0]
-    return {"mean_iou": float(np.nanmean(iou)), "damage_iou": float(tp / fg) if fg else 0.0}
 
 
 # ----------------------------------------------------------------------------- one round
 
 def pool_scores(params: Params, head: Head, bank: FeatureBank, unlabelled: np.ndarray,
                 strategy: str) -> pd.DataFrame:
-    """A scores table (as ``cardamage score`` writes) for the unlabelled pool photos ``unlabelled``."""
-    sc = params.score
+    """A scores table (as ``cardamage score`` writes) for the unlabelled pool photos ``unlabelled``.
+
+    Only the score columns that ``strategy``'s selection reads are computed (its own, or the
+    ``select.hybrid_score`` column for ``hybrid``), with MC samples when one of them needs them.
+    """
     table = pd.DataFrame({"id": [f"{i:08d}" for i in unlabelled], "path": [bank.paths[i] for i in unlabelled],
                           "embedding": list(bank.embeddings[unlabelled])})
-    if strategy in ("random", "coreset"):
+    sel = params.select
+    ctx = SelectContext(params.simulate.budget, hybrid_factor=sel.hybrid_factor, hybrid_score=sel.hybrid_score)
+    scorers = [get_strategy(name) for name in get_strategy(strategy).requires(ctx)]
+    if not scorers:
         return table
-    method = params.select.hybrid_score if strategy == "hybrid" else strategy
-    mc = params.simulate.mc_samples if method == "bald" else 0
-    values = []
-    for _, probs, samples in predict_head(head, bank, unlabelled, mc):
-        values.append(image_scores(probs, [method], sc.reduction, sc.topk_percent, samples=samples)[method])
-    table[method] = np.concatenate(values)
+    mc = params.simulate.mc_samples if any(MC_SAMPLES in s.needs for s in scorers) else 0
+    parts: list[dict[str, np.ndarray]] = []
+    for index, probs, samples in predict_head(head, bank, unlabelled, mc):
+        batch = ScoreBatch(probs, None, samples, [f"{i:08d}" for i in index], params.score)
+        parts.append({c: v for s in scorers for c, v in s.score(batch).items()})
+    for column in parts[0]:
+        table[column] = np.concatenate([p[column] for p in parts])
     return table
 
 
@@ -393,7 +127,7 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
     state = json.loads(path.read_text(encoding="utf-8"))
     saved = {k: v for k, v in (state.get("config") or {}).items() if k not in _EXTENDABLE}
     if {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE} != saved:
-        raise ValueError(f"{path}: saved for another simulation configuration; run with --fresh "
+        raise BadInputError(f"{path}: saved for another simulation configuration; run with --fresh "
                          "or set simulate.state_file to another file")
     state["config"] = config
     log.info("resuming from %s", path)
@@ -465,17 +199,18 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
         The result written to ``simulate.out``.
     """
     sim = params.simulate
-    bad = [s for s in sim.strategies if s not in STRATEGIES]
+    bad = [s for s in sim.strategies if s not in strategy_names()]
     if bad or not sim.strategies or not sim.seeds:
-        raise ValueError(f"simulate.strategies: need strategies from {', '.join(STRATEGIES)} and seeds, "
-                         f"got {sim.strategies} / {sim.seeds}")
+        raise BadParameterError(f"simulate.strategies: need strategies from {', '.join(strategy_names())} and "
+                                f"seeds, got {sim.strategies} / {sim.seeds}")
     if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0:
-        raise ValueError(f"simulate: initial and budget must be >= 1 and rounds >= 0, got "
+        raise BadParameterError(f"simulate: initial and budget must be >= 1 and rounds >= 0, got "
                          f"{sim.initial} / {sim.budget} / {sim.rounds}")
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
     if sim.initial + sim.rounds * sim.budget > len(pool.paths):
-        raise ValueError(f"simulate: initial + rounds x budget = {sim.initial + sim.rounds * sim.budget} photos, "
+        needed = sim.initial + sim.rounds * sim.budget
+        raise BadParameterError(f"simulate: initial + rounds x budget = {needed} photos, "
                          f"but the pool has {len(pool.paths)}")
     state_path = Path(sim.state_file)
     state = load_state(state_path, _config(params, len(pool.paths), len(val.paths)), fresh)

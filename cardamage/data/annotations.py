@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
+
+from cardamage.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ Point = tuple[float, float]
 Polygon = list[Point]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(BadInputError):
     """An annotation file or record that cannot be read; the message names the file and the reason."""
 
 
@@ -118,6 +120,21 @@ class Dataset:
     def by_path(self) -> dict[str, ImageRecord]:
         """Map image path to record."""
         return {img.path: img for img in self.images}
+
+
+def category_mapper(classes: Sequence[str], class_map: dict[str, str]) -> Callable[[Instance], str | None]:
+    """``inst -> model class name`` via ``data.class_map`` (identity for unmapped names).
+
+    Returns ``None`` for an instance whose (mapped) category is not one of ``classes``: it
+    counts as background.
+    """
+    wanted = set(classes)
+
+    def category_of(inst: Instance) -> str | None:
+        name = class_map.get(inst.category, inst.category)
+        return name if name in wanted else None
+
+    return category_of
 
 
 def safe_relative_path(name: str, source: str | Path = "annotation file") -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cardamage.errors import BadInputError
+
 log = logging.getLogger(__name__)
 
 #: Largest accepted image, in pixels (about 8K x 11K). Bigger files are refused as decompression bombs.
@@ -21,7 +23,7 @@ MAX_PIXELS = 89_478_485
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class ImageLoadError(OSError):
+class ImageLoadError(BadInputError, OSError):
     """An image that cannot be used; the message names the file and the reason."""
 
 

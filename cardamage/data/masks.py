@@ -16,10 +16,12 @@ from pycocotools import mask as mask_utils
 
 from cardamage.data.annotations import Instance, Polygon
 
+from cardamage.errors import BadInputError
+
 log = logging.getLogger(__name__)
 
 
-class PolygonError(ValueError):
+class PolygonError(BadInputError):
     """A polygon that cannot be used (fewer than 3 points, zero area)."""
 
 

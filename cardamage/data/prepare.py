@@ -34,10 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from cardamage.data.annotations import Dataset, ImageRecord, Instance
+from cardamage.data.annotations import Dataset, ImageRecord, category_mapper
 from cardamage.config import Params
 from cardamage.data.dedup import duplicate_groups, find_duplicates, hash_files
 from cardamage.fileio import write_json, write_text
+from cardamage.errors import BadParameterError
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,9 @@ def assign_splits(groups: Sequence[Sequence[Item]], mode: str = "keep", val_perc
     validation photo, else by hash. ``hash``: every group by the hash of its smallest sha256.
     """
     if mode not in ("keep", "hash"):
-        raise ValueError(f"prepare.split: expected keep or hash, got {mode!r}")
+        raise BadParameterError(f"prepare.split: expected keep or hash, got {mode!r}")
     if not 0 <= val_percent <= 100:
-        raise ValueError(f"prepare.val_percent: expected 0-100, got {val_percent}")
+        raise BadParameterError(f"prepare.val_percent: expected 0-100, got {val_percent}")
     moved = []
     for group in groups:
         rep = min(i.sha256 for i in group)
@@ -212,17 +213,6 @@ def assign_splits(groups: Sequence[Sequence[Item]], mode: str = "keep", val_perc
 
 
 # ----------------------------------------------------------------------------- writing
-
-def category_mapper(classes: Sequence[str], class_map: dict[str, str]):
-    """``inst -> model class`` (``data.class_map``, identity otherwise) or ``None`` (background)."""
-    wanted = set(classes)
-
-    def category_of(inst: Instance) -> str | None:
-        name = class_map.get(inst.category, inst.category)
-        return name if name in wanted else None
-
-    return category_of
-
 
 def png_bytes(mask: np.ndarray) -> bytes:
     """Deterministic PNG (mode L) of a ``uint8 [H, W]`` class-index mask."""

@@ -20,8 +20,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
+
+from cardamage.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ _MAX_BACKOFF_S = 30.0
 _NOT_PROCESSED = {429, 502, 503, 504}
 
 
-class LabelStudioError(OSError):
+class LabelStudioError(ServiceError):
     """A Label Studio call that failed; the message is one line and never contains the API key.
 
     An ``OSError`` (like ``requests``' errors), so the command line shows it as a one-line user error.
@@ -70,7 +73,7 @@ def api_key_from_env() -> str:
 
 
 def connect(url: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
-            max_retries: int = 3, backoff_s: float = 0.5) -> "LabelStudioClient":
+            max_retries: int = 3, backoff_s: float = 0.5) -> LabelStudioClient:
     """A client for ``url`` (see :func:`resolve_url`) with ``api_key`` (default: from the environment)."""
     return LabelStudioClient(resolve_url(url), api_key or api_key_from_env(), timeout_s=timeout_s,
                              max_retries=max_retries, backoff_s=backoff_s)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 from xml.sax.saxutils import quoteattr
+
+from cardamage.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ CHOICES = (NO_DAMAGE, UNUSABLE)
 PALETTE = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#42d4f4", "#4363d8", "#911eb4", "#f032e6")
 
 
-class LabelConfigError(ValueError):
+class LabelConfigError(BadInputError):
     """A labelling configuration that cannot be used; the message says what is missing."""
 
 

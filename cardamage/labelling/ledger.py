@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cardamage.errors import BadInputError
 from cardamage.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ def load_ledger(path: str | os.PathLike) -> Ledger:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: the ledger is not valid JSON ({exc})") from None
+        raise BadInputError(f"{p}: the ledger is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{p}: the ledger must map sha256 to entries")
+        raise BadInputError(f"{p}: the ledger must map sha256 to entries")
     return data
 
 

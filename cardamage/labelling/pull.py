@@ -25,21 +25,24 @@ import io
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from cardamage.data.annotations import Dataset, ImageRecord, Instance
 from cardamage.config import Params
+from cardamage.data.annotations import Dataset, ImageRecord, Instance
 from cardamage.data.dedup import file_sha256
-from cardamage.fileio import write_bytes
 from cardamage.data.images import image_size
-from cardamage.labelling.client import LabelStudioClient
-from cardamage.labelling.ledger import LABELLED, PUSHED, UNUSABLE, load_ledger, mark, save_ledger
-from cardamage.labelling.label_config import NO_DAMAGE, UNUSABLE as UNUSABLE_CHOICE
 from cardamage.data.masks import instance_mask
+from cardamage.errors import BadInputError
+from cardamage.fileio import write_bytes
+from cardamage.labelling.client import LabelStudioClient
+from cardamage.labelling.label_config import NO_DAMAGE
+from cardamage.labelling.label_config import UNUSABLE as UNUSABLE_CHOICE
+from cardamage.labelling.ledger import LABELLED, PUSHED, UNUSABLE, load_ledger, mark, save_ledger
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,7 @@ def _load_via(path: Path) -> dict[str, Any]:
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a VIA 2 JSON export (a mapping)")
+        raise BadInputError(f"{path}: expected a VIA 2 JSON export (a mapping)")
     return data
 
 

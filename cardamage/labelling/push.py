@@ -18,18 +18,20 @@ import csv
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
-from cardamage.data.annotations import Dataset, ImageRecord, Instance
 from cardamage.config import LabelStudioParams, Params
+from cardamage.data.annotations import Dataset, ImageRecord, Instance
 from cardamage.data.dedup import file_sha256
 from cardamage.data.images import image_size
+from cardamage.errors import BadInputError, BadParameterError
 from cardamage.labelling.client import LabelStudioClient, LabelStudioTimeout
-from cardamage.labelling.ledger import LABELLED, UNUSABLE, load_ledger, now_iso, record_push, save_ledger
 from cardamage.labelling.label_config import LabelConfig, parse_label_config
+from cardamage.labelling.ledger import LABELLED, UNUSABLE, load_ledger, now_iso, record_push, save_ledger
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def read_selection(path: str | os.PathLike) -> list[Photo]:
     with open(p, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if rows and "path" not in rows[0]:
-        raise ValueError(f"{p}: a selection needs a 'path' column (got {list(rows[0])})")
+        raise BadInputError(f"{p}: a selection needs a 'path' column (got {list(rows[0])})")
     photos, missing = [], []
     for row in rows:
         file = _locate(row["path"], p.parent)
@@ -98,7 +100,7 @@ def read_selection(path: str | os.PathLike) -> list[Photo]:
             continue
         photos.append(_photo(file, row, p))
     if missing:
-        raise ValueError(f"{p}: {len(missing)} selected photo(s) not found: {', '.join(missing[:5])}")
+        raise BadInputError(f"{p}: {len(missing)} selected photo(s) not found: {', '.join(missing[:5])}")
     return photos
 
 
@@ -169,7 +171,7 @@ def local_files_root(ls: LabelStudioParams) -> Path:
     """
     root = ls.local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     if not root:
-        raise ValueError("labelstudio.image_access is local-files but neither labelstudio.local_files_root nor "
+        raise BadParameterError("labelstudio.image_access is local-files but neither labelstudio.local_files_root nor "
                          "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is set")
     return Path(root).resolve()
 
@@ -183,10 +185,10 @@ def local_file_url(path: Path, root: Path) -> tuple[str, Path]:
     try:
         rel = path.resolve().relative_to(root)
     except ValueError:
-        raise ValueError(f"{path} is not under the local-files root {root}; move it there or use "
+        raise BadParameterError(f"{path} is not under the local-files root {root}; move it there or use "
                          "labelstudio.image_access=upload") from None
     if len(rel.parts) < 2:
-        raise ValueError(f"{path} is directly in the local-files root {root}; Label Studio serves only "
+        raise BadParameterError(f"{path} is directly in the local-files root {root}; Label Studio serves only "
                          "files in its sub-folders")
     return f"/data/local-files/?d={quote(rel.as_posix())}", root / rel.parts[0]
 
@@ -322,7 +324,7 @@ def model_predictions(photos: Sequence[Photo], params: Params) -> tuple[dict[str
     if not model_path.is_file():
         return None
     from cardamage.data.images import ImageLoadError, load_image
-    from cardamage.model.network import load_model
+    from cardamage.model.io import load_model
     from cardamage.model.predict import LoadedModel, assess, full_res_probs
 
     loaded = LoadedModel(*load_model(model_path), str(model_path))

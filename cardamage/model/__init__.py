@@ -1,7 +1,11 @@
 """Model: the KerasCV segmentation network and its life cycle.
 
-Owns the backbone table (``backbones``: name -> builder -> preset family -> ImageNet import), the
-heads (``heads``), save/load (``io``), the one loss (``losses``), the tf.data inputs (``inputs``),
-``train``, ``evaluate``, ``predict``, connected regions (``regions``) and the offline ImageNet
-``backbone_import``. The only package that imports ``keras_cv``.
+Modules: ``backbones`` (the backbone table: name -> builder -> preset family -> ImageNet import),
+``heads`` (DeepLabV3+ / SegFormer heads, ``build_model``, and the simulation's light head),
+``losses`` (the one loss and the metrics), ``io`` (save / load / ``ModelInfo``), ``inference``
+(probabilities, embeddings, MC dropout, ``softmax``), ``regions`` (connected regions),
+``frozen`` (frozen backbone + light head learner of the simulation), ``inputs`` (tf.data
+inputs), ``train``, ``evaluate``, ``predict``, ``plots``, and the offline ImageNet import
+(``backbone_import``, with the PyTorch side in ``lite0``). Only ``backbones`` and ``heads`` import
+``keras_cv``.
 """

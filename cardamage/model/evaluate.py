@@ -17,18 +17,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from cardamage.config import Params
-from cardamage.fileio import write_json
+from cardamage.data.annotations import category_mapper
 from cardamage.data.images import ImageLoadError, load_image
-from cardamage.model.inputs import (base_dataset, category_mapper, fit_geometry, fit_image, fit_mask, inference_mode,
-                     load_records, true_instance_count)
-from cardamage.model.losses import (IGNORE_INDEX, binary_prf, confusion_matrix, dice_per_class, foreground_precision_recall,
-                     iou_per_class, precision_recall_curve)
-from cardamage.model.network import load_model, predict_probs
+from cardamage.errors import BadParameterError
+from cardamage.fileio import write_json
+from cardamage.model.inference import predict_probs
+from cardamage.model.inputs import (
+    base_dataset,
+    fit_geometry,
+    fit_image,
+    fit_mask,
+    inference_mode,
+    load_records,
+    true_instance_count,
+)
+from cardamage.model.io import load_model
+from cardamage.model.losses import (
+    IGNORE_INDEX,
+    binary_prf,
+    confusion_matrix,
+    dice_per_class,
+    foreground_precision_recall,
+    iou_per_class,
+    precision_recall_curve,
+)
 from cardamage.model.plots import OverlayItem, overlay_grid, plot_pr_curve, plot_training_curves
+from cardamage.model.regions import count_regions
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +73,6 @@ class _Accumulator:
         self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
 
 
-def count_regions(pred: np.ndarray, num_classes: int, min_px: int) -> int:
-    """Connected regions (8-connectivity) of each class ``1..C-1`` in ``pred [H, W]`` with >= ``min_px`` pixels."""
-    total = 0
-    for c in range(1, num_classes):
-        n, _, stats, _ = cv2.connectedComponentsWithStats((pred == c).astype(np.uint8), connectivity=8)
-        total += int((stats[1:, cv2.CC_STAT_AREA] >= min_px).sum())
-    return total
-
-
 def image_score(probs: np.ndarray, valid: np.ndarray, kind: str) -> float:
     """Damage score of one photo from ``probs [S, S, C]`` over ``valid [S, S]`` pixels (see module doc)."""
     if not valid.any():
@@ -74,7 +82,7 @@ def image_score(probs: np.ndarray, valid: np.ndarray, kind: str) -> float:
         return float(damage.max())
     if kind == "damaged_share":
         return float((probs[valid].argmax(-1) > 0).mean())
-    raise ValueError(f"evaluate.image_score: expected max_prob or damaged_share, got {kind!r}")
+    raise BadParameterError(f"evaluate.image_score: expected max_prob or damaged_share, got {kind!r}")
 
 
 def _foreground_iou(truth: np.ndarray, pred: np.ndarray) -> float:

@@ -17,19 +17,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
-from cardamage.data.annotations import ImageRecord, Instance
 from cardamage.config import DataParams, TrainParams
+from cardamage.data.annotations import ImageRecord, Instance, category_mapper
 from cardamage.data.images import ImageLoadError, load_image
-from cardamage.model.losses import IGNORE_INDEX
 from cardamage.data.masks import class_mask, instance_mask
+from cardamage.errors import BadParameterError
+from cardamage.model.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Fit:
 def fit_geometry(width: int, height: int, size: int, mode: str = "letterbox") -> Fit:
     """The :class:`Fit` of a ``width x height`` photo into a ``size`` square for ``mode``."""
     if mode not in RESIZE_MODES:
-        raise ValueError(f"model.resize: {mode!r} is not one of {RESIZE_MODES}")
+        raise BadParameterError(f"model.resize: {mode!r} is not one of {RESIZE_MODES}")
     if width < 1 or height < 1 or size < 1:
         raise ValueError(f"image size: expected positive sizes, got {width}x{height} -> {size}")
     if mode == "stretch":
@@ -147,17 +148,6 @@ def prepare_image(image: np.ndarray, size: int, resize: str = "letterbox") -> tu
 
 # ----------------------------------------------------------------------------- records
 
-def category_mapper(classes: Sequence[str], class_map: dict[str, str]) -> Callable[[Instance], str | None]:
-    """``inst -> model class name`` via ``data.class_map`` (identity for unmapped names); ``None`` if not a class."""
-    wanted = set(classes)
-
-    def category_of(inst: Instance) -> str | None:
-        name = class_map.get(inst.category, inst.category)
-        return name if name in wanted else None
-
-    return category_of
-
-
 def load_records(data: DataParams, splits: Sequence[str]) -> tuple[list[ImageRecord], Path]:
     """Labelled records of ``splits`` under ``data.root`` and the root they are relative to.
 
@@ -170,7 +160,7 @@ def load_records(data: DataParams, splits: Sequence[str]) -> tuple[list[ImageRec
                            splits=list(splits))
     records = [r for r in dataset.images if r.labelled]
     if not records:
-        raise ValueError(f"data.root: no labelled images in {data.root} splits {list(splits)} "
+        raise BadParameterError(f"data.root: no labelled images in {data.root} splits {list(splits)} "
                          f"(annotation file {data.annotation_file!r})")
     category_of = category_mapper(data.classes, data.class_map)
     unused = sorted({i.category for r in records for i in r.instances if category_of(i) is None})
@@ -197,10 +187,11 @@ class Augment:
     color_jitter: float = 0.2
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> "Augment":
+    def from_params(cls, train: TrainParams) -> Augment:
         lo, hi = (list(train.scale_range) + [1.0, 1.0])[:2]
         if not 0 < lo <= hi:
-            raise ValueError(f"train.scale_range: expected [low, high] with 0 < low <= high, got {train.scale_range}")
+            raise BadParameterError(f"train.scale_range: expected [low, high] with 0 < low <= high, "
+                                    f"got {train.scale_range}")
         return cls(train.hflip, (lo, hi), train.rotation_degrees, train.color_jitter)
 
 

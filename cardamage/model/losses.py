@@ -8,11 +8,14 @@ Label masks are integer class indices ``[N, H, W]`` (0 = background, ``i + 1`` =
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+
+from cardamage.errors import BadParameterError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def class_weights_from_counts(counts: Sequence[float], method: str = "inverse_sq
     elif method == "median_frequency":
         w[present] = np.median(freq[present]) / freq[present]
     else:
-        raise ValueError(f"train.class_weighting: unknown method {method!r} "
+        raise BadParameterError(f"train.class_weighting: unknown method {method!r} "
                          "(inverse_sqrt, median_frequency or none)")
     w[present] /= float((freq[present] * w[present]).sum())
     return np.minimum(w, max_weight).astype(np.float32)
@@ -60,15 +63,20 @@ class SegmentationLoss(keras.losses.Loss):
     labelled pixels of the batch. Dice is averaged over the foreground classes 1..C-1.
 
     Args:
-        class_weights: ``[C]`` weights (``None`` = ones).
+        class_weights: ``[C]`` weights (``None`` = ones), or a ``keras.Variable [C]`` read at every
+            call: assigning new weights to it then needs no retracing (the active-learning
+            simulation retrains one compiled head on many labelled sets).
         dice_weight: weight of the Dice term (0 = cross-entropy only).
         focal_gamma: focusing parameter of the focal loss (0 = plain cross-entropy).
     """
 
-    def __init__(self, num_classes: int, class_weights: Sequence[float] | None = None,
+    def __init__(self, num_classes: int, class_weights: Sequence[float] | keras.Variable | None = None,
                  dice_weight: float = 1.0, focal_gamma: float = 0.0, name: str = "segmentation_loss",
                  **kwargs: Any):
         super().__init__(name=name, **kwargs)
+        self._weight_variable = class_weights if isinstance(class_weights, keras.Variable) else None
+        if self._weight_variable is not None:
+            class_weights = ops.convert_to_numpy(self._weight_variable).tolist()
         if num_classes < 2:
             raise ValueError(f"num_classes: need at least 2 (background + 1), got {num_classes}")
         if class_weights is not None and len(class_weights) != num_classes:
@@ -91,7 +99,9 @@ class SegmentationLoss(keras.losses.Loss):
         return loss
 
     def _cross_entropy(self, probs: Any, onehot: Any) -> Any:
-        weights = ops.convert_to_tensor(self.class_weights or [1.0] * self.num_classes, "float32")
+        weights = self._weight_variable
+        if weights is None:
+            weights = ops.convert_to_tensor(self.class_weights or [1.0] * self.num_classes, "float32")
         pixel_w = ops.sum(onehot * weights, axis=-1)
         p_true = ops.sum(onehot * probs, axis=-1)
         ce = -ops.log(ops.maximum(p_true, _EPS))
@@ -108,7 +118,10 @@ class SegmentationLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"num_classes": self.num_classes, "class_weights": self.class_weights,
+        weights = self.class_weights
+        if self._weight_variable is not None:
+            weights = [float(w) for w in ops.convert_to_numpy(self._weight_variable)]
+        config.update({"num_classes": self.num_classes, "class_weights": weights,
                        "dice_weight": self.dice_weight, "focal_gamma": self.focal_gamma})
         return config
 

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 from cardamage.config import Params
-from cardamage.fileio import write_bytes, write_json
 from cardamage.data.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image
-from cardamage.model.inputs import prepare_image, unfit
 from cardamage.data.masks import mask_to_instances
-from cardamage.model.network import ModelInfo, load_model, predict_probs
+from cardamage.errors import BadParameterError
+from cardamage.fileio import write_bytes, write_json
+from cardamage.model.inference import predict_probs
+from cardamage.model.inputs import prepare_image, unfit
+from cardamage.model.io import ModelInfo, load_model
+from cardamage.model.regions import find_regions, remove_small_regions
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +74,9 @@ def full_res_probs(loaded: LoadedModel, images: Sequence[np.ndarray]) -> list[np
 def damage_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Class mask ``uint8 [H, W]``: 0 where ``1 - P(background) < threshold``, else the likeliest damage class."""
     if not 0 < threshold <= 1:
-        raise ValueError(f"predict.threshold: must be in (0, 1], got {threshold}")
+        raise BadParameterError(f"predict.threshold: must be in (0, 1], got {threshold}")
     damaged = (1.0 - probs[..., 0]) >= threshold
     return np.where(damaged, probs[..., 1:].argmax(-1) + 1, 0).astype(np.uint8)
-
-
-def remove_small_regions(labels: np.ndarray, num_classes: int, min_area_px: float) -> np.ndarray:
-    """``labels [H, W]`` with connected regions under ``min_area_px`` pixels set to background."""
-    out = labels.copy()
-    for c in range(1, num_classes):
-        n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == c).astype(np.uint8), connectivity=8)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area_px)
-        small = small[small > 0]
-        if small.size:
-            out[np.isin(comp, small)] = 0
-    return out
 
 
 def find_instances(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], min_area_px: float,
@@ -98,15 +90,15 @@ def find_instances(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]
     h, w = labels.shape
     found = []
     for c, name in enumerate(classes, start=1):
-        n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == c).astype(np.uint8), connectivity=8)
-        for k in range(1, n):
-            area = int(stats[k, cv2.CC_STAT_AREA])
+        regions = find_regions(labels == c)
+        for k in range(1, len(regions) + 1):
+            area = int(regions.areas[k - 1])
             if area < min_area_px:
                 continue
-            region = comp == k
+            region = regions.mask(k)
             polygons = [poly for inst in mask_to_instances(region.astype(np.uint8), name, min_area=1.0,
                                                            epsilon=epsilon) for poly in inst.polygons]
-            x, y, bw, bh = (int(v) for v in stats[k, :4])
+            x, y, bw, bh = (int(v) for v in regions.boxes[k - 1])
             found.append({"id": -1, "class": name, "confidence": round(float(probs[..., c][region].mean()), 4),
                           "area_px": area, "area_share": round(area / (h * w), 6), "bbox": [x, y, bw, bh],
                           "polygons": [[[round(px, 1), round(py, 1)] for px, py in poly] for poly in polygons]})

@@ -23,10 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from cardamage.config import Params, params_to_dict
+from cardamage.errors import BadParameterError
 from cardamage.fileio import write_text
+from cardamage.model.heads import build_model
+from cardamage.model.inference import count_params
 from cardamage.model.inputs import Augment, base_dataset, batched, load_records, pixel_counts
+from cardamage.model.io import ModelInfo, save_model
 from cardamage.model.losses import ConfusionIoU, SegmentationLoss, class_weights_from_counts
-from cardamage.model.network import ModelInfo, build_model, count_params, save_model
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class TrainResult:
 def select_strategy(mixed_precision: str = "auto") -> tuple[tf.distribute.Strategy, bool]:
     """``MirroredStrategy`` over all GPUs (or the default strategy without one) and whether to use fp16."""
     if mixed_precision not in ("auto", "on", "off"):
-        raise ValueError(f"train.mixed_precision: expected auto, on or off, got {mixed_precision!r}")
+        raise BadParameterError(f"train.mixed_precision: expected auto, on or off, got {mixed_precision!r}")
     gpus = tf.config.list_physical_devices("GPU")
     strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
     use_fp16 = mixed_precision == "on" or (mixed_precision == "auto" and bool(gpus))
@@ -97,7 +100,7 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
     base_tr = base_dataset(train_recs, root, data.classes, data.class_map, size, resize, skipped)
     counts, n_train = pixel_counts(base_tr, num_classes)  # decodes every photo once (fills the cache)
     if n_train == 0:
-        raise ValueError(f"data.train_splits: none of the {len(train_recs)} training photos could be read")
+        raise BadParameterError(f"data.train_splits: none of the {len(train_recs)} training photos could be read")
     weights = class_weights_from_counts(counts, t.class_weighting, t.max_class_weight)
     shares = [round(float(c) / max(int(counts.sum()), 1), 4) for c in counts]
     log.info("training photos: %d (%d unreadable); label pixel shares %s; class weights %s",
@@ -156,13 +159,13 @@ def _check_train_params(params: Params) -> None:
     t = params.train
     for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size)):
         if value < 1:
-            raise ValueError(f"train.{name}: must be >= 1, got {value}")
+            raise BadParameterError(f"train.{name}: must be >= 1, got {value}")
     if t.learning_rate <= 0:
-        raise ValueError(f"train.learning_rate: must be > 0, got {t.learning_rate}")
+        raise BadParameterError(f"train.learning_rate: must be > 0, got {t.learning_rate}")
     if not params.data.classes:
-        raise ValueError("data.classes: at least one class is needed")
+        raise BadParameterError("data.classes: at least one class is needed")
     if len(set(params.data.classes)) != len(params.data.classes):
-        raise ValueError(f"data.classes: duplicate names in {params.data.classes}")
+        raise BadParameterError(f"data.classes: duplicate names in {params.data.classes}")
 
 
 def _optimizer(params: Params, steps_per_epoch: int) -> keras.optimizers.Optimizer:

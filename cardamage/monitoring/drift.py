@@ -20,16 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cardamage.config import Params
-from cardamage.monitoring.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, histogram_columns, measure_photos
+from cardamage.errors import BadParameterError, EmptyInputError
 from cardamage.fileio import atomic_path, write_json, write_text
+from cardamage.monitoring.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, histogram_columns, measure_photos
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,9 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
     """
     import dataclasses
 
-    from cardamage.model.network import read_model_info
     from cardamage.active.pool import PoolPhoto
     from cardamage.active.scoring import iter_batches, load_scorer, reduction_tag, score_batch
+    from cardamage.model.io import read_model_info
 
     version = read_model_info(params.score.model_path).model_version
     cols = ["id", *MODEL_COLUMNS, "embedding"]
@@ -101,7 +103,7 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
         sp = dataclasses.replace(params.score, mc_samples=0)
         for batch, images, valid in iter_batches(todo, scorer.input_size, scorer.resize, sp.batch_size):
             probs, emb = scorer.predict(images)
-            out = score_batch(probs, valid, sp)
+            out = score_batch(probs, valid, sp, ids=[p.sha256 for p in batch])
             for i, photo in enumerate(batch):
                 rows.append({"id": photo.sha256, **{c: float(out[c][i]) for c in MODEL_COLUMNS},
                              "embedding": np.asarray(emb[i], np.float32)})
@@ -122,7 +124,7 @@ def photo_table(params: Params, current: str | os.PathLike | None = None) -> tup
     ref = measure_photos(ref_files, **kw).assign(side="reference")
     cur = measure_photos(cur_files, **kw).assign(side="current")
     if ref.empty or cur.empty:
-        raise ValueError(f"drift: no readable photos in {'the reference ' + ref_src if ref.empty else cur_src}")
+        raise EmptyInputError(f"drift: no readable photos in {'the reference ' + ref_src if ref.empty else cur_src}")
     table = pd.concat([ref, cur], ignore_index=True)
     if params.drift.model_outputs or params.drift.embedding == "model":
         table = _add_model_outputs(table, params)
@@ -174,7 +176,7 @@ def choose_embedding(table: pd.DataFrame, mode: str) -> tuple[list[str], str, st
     if model_cols and mode in ("auto", "model"):
         return model_cols, "model", f"pooled backbone features of the model ({len(model_cols)} dims)"
     if mode == "model":
-        raise ValueError("drift.embedding: model, but no model embeddings are available "
+        raise BadParameterError("drift.embedding: model, but no model embeddings are available "
                          "(train a model, or set drift.embedding: auto)")
     hist = histogram_columns(table)
     note = ("model embeddings not available; fallback: joint RGB colour histogram of the downsized photo "
@@ -200,7 +202,7 @@ def compare(table: pd.DataFrame, threshold: float = 0.01, drift_share: float = 0
     features, skipped = usable_columns(table, [*FEATURE_COLUMNS, *MODEL_COLUMNS])
     if not features:
         counts = table["side"].value_counts().to_dict()
-        raise ValueError(f"drift: at least 2 readable photos are needed on each side (reference "
+        raise EmptyInputError(f"drift: at least 2 readable photos are needed on each side (reference "
                          f"{counts.get('reference', 0)}, current {counts.get('current', 0)})")
     emb_cols, emb_source, emb_note = choose_embedding(table, embedding)
     categorical = [c for c in features if c in CATEGORICAL_FEATURES]

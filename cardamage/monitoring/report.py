@@ -22,8 +22,8 @@ from string import Template
 from typing import Any
 
 from cardamage.config import Params
-from cardamage.data.dedup import file_sha256
 from cardamage.fileio import write_text
+from cardamage.monitoring.data_version import data_version, data_version_text, dvc_lock_hash  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -99,38 +99,6 @@ def read_json(path: Path) -> dict[str, Any]:
         log.warning("%s: unreadable (%s); left out of the report", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def file_digest(path: Path, n: int = 12) -> str | None:
-    """First ``n`` hex characters of the sha256 of a file, ``None`` if missing."""
-    return file_sha256(path)[:n] if path.is_file() else None
-
-
-def dvc_lock_hash(out_dir: str, lock: Path = Path("dvc.lock")) -> str | None:
-    """DVC's hash of ``out_dir`` as recorded in ``dvc.lock`` (any stage), ``None`` if not recorded."""
-    if not lock.is_file():
-        return None
-    import yaml
-
-    try:
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    except yaml.YAMLError:
-        return None
-    wanted = Path(out_dir).as_posix().rstrip("/")
-    for stage in stages.values():
-        for out in stage.get("outs", []) or []:
-            if str(out.get("path", "")).rstrip("/") == wanted and out.get("md5"):
-                return str(out["md5"]).removesuffix(".dir")[:12]
-    return None
-
-
-def data_version(params: Params, lock: Path = Path("dvc.lock")) -> str:
-    """``manifest <sha12>`` (+ ``/ dvc <md5_12>``) of the prepared dataset, or ``not prepared yet``."""
-    manifest = file_digest(Path(params.prepare.out_dir) / "manifest.csv")
-    if manifest is None:
-        return "not prepared yet"
-    locked = dvc_lock_hash(params.prepare.out_dir, lock)
-    return f"manifest {manifest}" + (f" / dvc {locked}" if locked else "")
 
 
 def _model_version(metrics: dict[str, Any], params: Params) -> str:
@@ -238,7 +206,8 @@ def render(params: Params, page: ReportPage, found: dict[str, Artifact], page_di
     if page.missing:
         items = "".join(f'<li class="missing">{html.escape(t)}: not produced yet</li>' for t in page.missing)
         sections.append(_section("Not produced yet", f"<ul>{items}</ul>"))
-    template = Template(resources.files("cardamage.monitoring").joinpath("templates/report.html").read_text(encoding="utf-8"))
+    page_file = resources.files("cardamage.monitoring").joinpath("templates/report.html")
+    template = Template(page_file.read_text(encoding="utf-8"))
     return template.substitute(title=html.escape(params.report.title), model_version=html.escape(page.model_version),
                                data_version=html.escape(page.data_version), date=html.escape(page.date),
                                sections="".join(sections))
@@ -251,7 +220,8 @@ def build_report(params: Params, out_file: str | os.PathLike | None = None,
     found = {a.key: a for a in artifacts(params) if a.path.is_file()}
     metrics = read_json(Path(params.evaluate.metrics_file))
     page = ReportPage(
-        out_file=out, model_version=_model_version(metrics, params), data_version=data_version(params),
+        out_file=out, model_version=_model_version(metrics, params),
+        data_version=data_version_text(data_version(params)),
         date=(now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         present=[a.title for a in artifacts(params) if a.key in found],
         missing=[a.title for a in artifacts(params) if a.key not in found],

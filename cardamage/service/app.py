@@ -9,14 +9,13 @@ the background when the model file gets a new version (:mod:`.models`). Nothing 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
-import yaml
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -25,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cardamage import __version__
 from cardamage.config import Params, load_params
+from cardamage.monitoring.data_version import data_version
 from cardamage.service.claims import ClaimService
 from cardamage.service.logs import REQUEST_ID, configure_logging
 from cardamage.service.middleware import RequestContext, UploadLimits
@@ -50,24 +50,6 @@ def model_paths(params: Params, model_path: str | None = None) -> tuple[str, str
     """Damage and part model paths: ``--model``, else ``serve.*``, else ``predict.*``."""
     main = model_path or params.serve.model_path or params.predict.model_path
     return main, params.serve.part_model_path or params.predict.part_model_path
-
-
-def data_version(params: Params) -> dict[str, Any] | None:
-    """Version of the training data: the prepared folder's hash in ``dvc.lock``, else a hash of the prepare
-    summary (``prepare.summary``), else ``None``."""
-    lock = Path("dvc.lock")
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        for name, stage in stages.items():
-            for out in stage.get("outs", []):
-                if Path(out.get("path", "")) == Path(params.prepare.out_dir) and out.get("md5"):
-                    return {"source": "dvc.lock", "stage": name, "path": out["path"], "md5": out["md5"]}
-    summary = Path(params.prepare.summary)
-    if summary.is_file():
-        raw = summary.read_bytes()
-        return {"source": summary.as_posix(), "sha256": hashlib.sha256(raw).hexdigest()[:12],
-                "n_photos": (yaml.safe_load(raw) or {}).get("n_photos")}
-    return None
 
 
 def _error(status: int, code: str, message: str, **more: Any) -> JSONResponse:

@@ -12,7 +12,8 @@ import datetime as _dt
 import hashlib
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cardamage.model.network import load_model, read_model_info
+from cardamage.model.io import load_model, read_model_info
 from cardamage.model.predict import LoadedModel, full_res_probs
 
 log = logging.getLogger(__name__)

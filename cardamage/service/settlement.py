@@ -15,10 +15,12 @@ The first rule that applies decides, and the proposal names it (``rule``) with a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from cardamage.config import SettlementParams
+from cardamage.errors import BadParameterError
 
 BANDS = ("small", "medium", "large")
 
@@ -44,19 +46,19 @@ def check_table(p: SettlementParams) -> None:
     """Raise ``ValueError`` naming the key when the price table or the rules are malformed."""
     edges = p.band_edges
     if len(edges) != 2 or not 0 < edges[0] < edges[1] < 1:
-        raise ValueError(f"settlement.band_edges: expected two increasing shares in (0, 1), got {edges}")
+        raise BadParameterError(f"settlement.band_edges: expected two increasing shares in (0, 1), got {edges}")
     tables = [(f"settlement.prices.{c}", bands) for c, bands in p.prices.items()]
     tables += [(f"settlement.part_prices.{part}.{c}", bands) for part, by_class in p.part_prices.items()
                for c, bands in by_class.items()]
     for key, bands in tables:
         for band, rng in bands.items():
             if band not in BANDS:
-                raise ValueError(f"{key}.{band}: unknown size band (expected one of {list(BANDS)})")
+                raise BadParameterError(f"{key}.{band}: unknown size band (expected one of {list(BANDS)})")
             if len(rng) != 2 or not 0 <= rng[0] <= rng[1]:
-                raise ValueError(f"{key}.{band}: expected [min, max] with 0 <= min <= max, got {rng}")
+                raise BadParameterError(f"{key}.{band}: expected [min, max] with 0 <= min <= max, got {rng}")
     for name in ("max_uncertainty", "max_damaged_share"):
         if not 0 <= getattr(p, name) <= 1:
-            raise ValueError(f"settlement.{name}: must be in [0, 1], got {getattr(p, name)}")
+            raise BadParameterError(f"settlement.{name}: must be in [0, 1], got {getattr(p, name)}")
 
 
 def size_band(area_share: float, edges: Sequence[float]) -> str:

@@ -11,8 +11,9 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

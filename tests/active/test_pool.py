@@ -10,9 +10,9 @@ import pytest
 from conftest import SAMPLE
 from PIL import Image
 
+from cardamage.active.pool import HashCache, build_pool, labelled_photos, list_pool_files
 from cardamage.config import DataParams
 from cardamage.data.dedup import file_sha256
-from cardamage.active.pool import HashCache, build_pool, labelled_photos, list_pool_files
 
 
 @pytest.fixture(scope="module")

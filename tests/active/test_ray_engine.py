@@ -17,17 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 64 px MobileNetV3-small (width 0.25) DeepLabV3+, untrained, saved with its ModelInfo."""
-    from cardamage.config import ModelParams
-    from cardamage.model.network import ModelInfo, build_model, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    params = ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,
-                         projection_filters=8, dropout=0.3)
-    save_model(build_model(params, 2), path, ModelInfo(classes=["damage"], input_size=64))
-    return path
+@pytest.fixture
+def tiny_model(tiny_model_file) -> Path:
+    """The session's untrained 64 px model (tests/conftest.py)."""
+    return tiny_model_file
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +60,9 @@ def test_ray_engine_matches_the_local_engine(tiny_model, tmp_path, ray_local):
 
 
 def test_actors_must_be_positive(tmp_path):
+    from cardamage.active.engines.ray import RayEngine
     from cardamage.config import ScoreParams
-    from cardamage.active.engines.ray import score_photos_ray
+    from cardamage.errors import BadParameterError
 
-    with pytest.raises(ValueError, match="--actors"):
-        score_photos_ray([], tmp_path / "m.keras", ScoreParams(), tmp_path / "o.parquet", "v", actors=0)
+    with pytest.raises(BadParameterError, match="--actors"):
+        RayEngine(tmp_path / "m.keras", ScoreParams(), actors=0)

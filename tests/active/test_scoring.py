@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 
 from cardamage.active import scoring
-from cardamage.config import ScoreParams
 from cardamage.active.pool import PoolPhoto
+from cardamage.config import ScoreParams
 
 
 def _photos(names=("11", "12", "28", "45", "60")) -> list[PoolPhoto]:
@@ -122,7 +122,8 @@ def test_labelled_embeddings_cached_per_model(tmp_path):
 def tiny_model(tmp_path_factory) -> Path:
     """A 64 px MobileNetV3-small (width 0.25) DeepLabV3+ saved with its ModelInfo (untrained)."""
     from cardamage.config import ModelParams
-    from cardamage.model.network import ModelInfo, build_model, save_model
+    from cardamage.model.heads import build_model
+    from cardamage.model.io import ModelInfo, save_model
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     params = ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,

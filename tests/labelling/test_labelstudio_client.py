@@ -7,16 +7,21 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
+from labelstudio_server import free_port
 
 from cardamage.cli import main
-from cardamage.labelling.client import (LabelStudioAuthError, LabelStudioError, LabelStudioTimeout,
-                                   LabelStudioUnreachable, connect)
-from labelstudio_server import free_port
+from cardamage.labelling.client import (
+    LabelStudioAuthError,
+    LabelStudioError,
+    LabelStudioTimeout,
+    LabelStudioUnreachable,
+    connect,
+)
 
 SECRET = "s3cr3t0123456789abcdef0123456789abcdef01"
 

@@ -6,11 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from cardamage.data.annotations import Instance
 from cardamage.config import load_params
+from cardamage.data.annotations import Instance
+from cardamage.labelling.label_config import (
+    NO_DAMAGE,
+    LabelConfigError,
+    check_label_config,
+    check_label_config_file,
+    generate_label_config,
+    parse_label_config,
+)
+from cardamage.labelling.label_config import UNUSABLE as UNUSABLE_CHOICE
 from cardamage.labelling.ledger import LABELLED, PUSHED, UNUSABLE, load_ledger, mark, pending, record_push, save_ledger
-from cardamage.labelling.label_config import (NO_DAMAGE, UNUSABLE as UNUSABLE_CHOICE, LabelConfigError, check_label_config,
-                                 check_label_config_file, generate_label_config, parse_label_config)
 from cardamage.labelling.push import local_file_url, prediction_result, read_selection
 
 REPO = Path(__file__).resolve().parents[2]

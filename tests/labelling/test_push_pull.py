@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cardamage.data.annotations import Instance
 from cardamage.cli import main
 from cardamage.config import LabelStudioParams, Params
+from cardamage.data.annotations import Instance
 from cardamage.data.dataset import load_dataset
 from cardamage.data.dedup import file_sha256
 from cardamage.data.images import image_size

@@ -47,9 +47,9 @@ def test_import_passes_imagenet_check(imported) -> None:
 @needs_extras
 @pytest.mark.slow
 def test_deeplab_builds_offline_on_imported_preset(imported) -> None:
-    from cardamage.model.backbone_import import convert_lite0, lite0_weights_file, read_state_dict
     from cardamage.config import ModelParams
-    from cardamage.model.network import build_model
+    from cardamage.model.backbone_import import convert_lite0, lite0_weights_file, read_state_dict
+    from cardamage.model.heads import build_model
 
     out, _ = imported
     params = ModelParams(backbone="efficientnetlite_b0", backbone_preset=str(out), input_size=64,
@@ -68,7 +68,7 @@ def test_deeplab_builds_offline_on_imported_preset(imported) -> None:
 @pytest.mark.slow
 def test_classifier_head_reloads(imported) -> None:
     from cardamage.model.backbone_import import check_images, classifier, load_classifier_head
-    from cardamage.model.network import build_backbone
+    from cardamage.model.backbones import build_backbone
 
     out, report = imported
     kernel, bias = load_classifier_head(out)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cardamage.config import ModelParams
-from cardamage.model.network import (BACKBONES, ModelInfo, ModelMismatchError, build_backbone, build_model,
-                             save_backbone_preset, load_model, mc_predict, predict_probs,
-                             predict_with_embeddings, read_model_info, save_model)
+from cardamage.model.backbones import BACKBONES, build_backbone, save_backbone_preset
+from cardamage.model.heads import build_model
+from cardamage.model.inference import mc_predict, predict_probs, predict_with_embeddings
+from cardamage.model.io import ModelInfo, ModelMismatchError, load_model, read_model_info, save_model
 
 SIZE = 64
 

@@ -11,8 +11,18 @@ import pytest
 import tensorflow as tf
 
 from cardamage.data.annotations import ImageRecord, Instance
-from cardamage.model.inputs import (Augment, augment_pair, base_dataset, batched, fit_geometry, fit_image, fit_mask,
-                              pixel_counts, prepare_image, unfit)
+from cardamage.model.inputs import (
+    Augment,
+    augment_pair,
+    base_dataset,
+    batched,
+    fit_geometry,
+    fit_image,
+    fit_mask,
+    pixel_counts,
+    prepare_image,
+    unfit,
+)
 from cardamage.model.losses import IGNORE_INDEX
 
 

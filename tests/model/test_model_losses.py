@@ -7,9 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from cardamage.model.losses import (IGNORE_INDEX, ConfusionIoU, SegmentationLoss, binary_prf, class_weights_from_counts,
-                              confusion_matrix, dice_per_class, foreground_precision_recall, iou_per_class,
-                              precision_recall_curve)
+from cardamage.model.losses import (
+    IGNORE_INDEX,
+    ConfusionIoU,
+    SegmentationLoss,
+    binary_prf,
+    class_weights_from_counts,
+    confusion_matrix,
+    dice_per_class,
+    foreground_precision_recall,
+    iou_per_class,
+    precision_recall_curve,
+)
 
 
 def probs_of(p_damage: list[list[float]]) -> np.ndarray:

@@ -14,8 +14,9 @@ from PIL import Image
 
 from cardamage.cli import main
 from cardamage.config import ModelParams
+from cardamage.model.heads import build_model
 from cardamage.model.inputs import fit_geometry, unfit
-from cardamage.model.network import ModelInfo, build_model, save_model
+from cardamage.model.io import ModelInfo, save_model
 from cardamage.model.predict import damage_labels, find_instances, part_damage, remove_small_regions
 
 PARTS = ["headlamp", "door", "front_bumper", "hood", "rear_bumper"]

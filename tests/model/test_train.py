@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cardamage.cli import main
 from cardamage.config import load_params
 from cardamage.model.inputs import load_records
-from cardamage.model.network import read_model_info
+from cardamage.model.io import read_model_info
 
 TRAIN = ["2.jpg", "10.jpg", "13.jpg", "14.jpg", "15.jpg"]
 VAL = ["1.jpg", "31.jpg", "4.jpg"]

@@ -19,10 +19,17 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from cardamage.cli import main
 from cardamage.config import Params
-from cardamage.monitoring.drift import (choose_embedding, compare, feature_results, format_summary, metrics_view,
-                             summarise, usable_columns)
-from cardamage.monitoring.features import measure_photos
 from cardamage.data.images import list_images
+from cardamage.monitoring.drift import (
+    choose_embedding,
+    compare,
+    feature_results,
+    format_summary,
+    metrics_view,
+    summarise,
+    usable_columns,
+)
+from cardamage.monitoring.features import measure_photos
 
 pytest.importorskip("evidently")
 

@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cardamage.monitoring.features import (FEATURE_COLUMNS, colour_histogram, downsize, estimate_jpeg_quality, file_info,
-                                histogram_columns, measure_folder, measure_photos, photo_features, pixel_stats)
+from cardamage.monitoring.features import (
+    FEATURE_COLUMNS,
+    colour_histogram,
+    downsize,
+    estimate_jpeg_quality,
+    file_info,
+    histogram_columns,
+    measure_folder,
+    measure_photos,
+    photo_features,
+    pixel_stats,
+)
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (96, 64)) -> np.ndarray:

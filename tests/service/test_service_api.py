@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_service_support import PARTS, cached_model, car_photo, jpeg_bytes, running, service_params, tiny_model
 
 from cardamage.monitoring.features import measure_folder
 from cardamage.service.logs import JsonFormatter, RequestIdFilter
-from test_service_support import PARTS, cached_model, car_photo, jpeg_bytes, running, service_params, tiny_model
 
 pytestmark = pytest.mark.slow
 

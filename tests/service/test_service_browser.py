@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-
 from test_service_support import cached_model, car_photo, jpeg_bytes, running, service_params
 
 pytestmark = pytest.mark.slow

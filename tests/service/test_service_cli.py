@@ -12,9 +12,9 @@ import logging
 
 import pytest
 from click.testing import CliRunner
+from test_service_support import REPO
 
 from cardamage.cli import main
-from test_service_support import REPO
 
 
 @pytest.fixture

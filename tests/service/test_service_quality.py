@@ -5,11 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from test_service_support import car_photo, screenshot
 
 from cardamage.config import ServeParams
 from cardamage.monitoring.features import downsize, pixel_stats
 from cardamage.service.quality import check_photo, colour_measures, measure
-from test_service_support import car_photo, screenshot
 
 P = ServeParams()
 

@@ -118,7 +118,8 @@ def test_malformed_table_is_named(change, needle):
 
 
 def test_repo_price_table_is_valid():
-    from cardamage.config import load_params
     from test_service_support import REPO
+
+    from cardamage.config import load_params
 
     check_table(load_params(REPO / "params.yaml").settlement)

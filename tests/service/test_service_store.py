@@ -7,10 +7,10 @@ import json
 import threading
 
 import pytest
+from test_service_support import car_photo, jpeg_bytes
 
 from cardamage.data.images import list_images
 from cardamage.service.store import IncomingStore, SplashStore
-from test_service_support import car_photo, jpeg_bytes
 
 
 def test_photo_is_stored_once_under_its_hash(tmp_path):

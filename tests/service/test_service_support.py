@@ -11,8 +11,8 @@ import io
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,7 +25,8 @@ PARTS = ["headlamp", "door", "front_bumper", "hood", "rear_bumper"]
 def tiny_model(path: Path, classes: list[str]) -> Path:
     """Save a randomly initialised 64 px model (a new weights digest, so a new version, each call)."""
     from cardamage.config import ModelParams
-    from cardamage.model.network import ModelInfo, build_model, save_model
+    from cardamage.model.heads import build_model
+    from cardamage.model.io import ModelInfo, save_model
 
     params = ModelParams(backbone="mobilenetv3_small", width=0.5, input_size=64, head_filters=16, projection_filters=8)
     save_model(build_model(params, len(classes) + 1), path, ModelInfo(classes=classes, input_size=64))

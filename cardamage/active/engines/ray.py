@@ -3,8 +3,9 @@
 The pool is a Ray Dataset of photo paths; ``map_batches`` runs a class-based UDF, so each actor
 loads the model once and scores batches of ``score.batch_size`` photos with the same code as the
 local engine (:func:`cardamage.active.scoring.iter_batches`, ``score_batch``, the model's embeddings).
-The driver puts the rows back in pool order and writes the same Parquet schema, so the table
-equals the local engine's up to float rounding (and MC-dropout noise when ``score.mc_samples > 0``).
+The engine yields the rows back in pool order as :class:`~cardamage.active.scoring.ScoredBatch`;
+the scoring pipeline writes them, so the table equals the local engine's up to float rounding
+(and MC-dropout noise when ``score.mc_samples > 0``).
 
 Cluster: ``ray.init()`` connects to the cluster named by ``RAY_ADDRESS`` (or ``--ray-address``);
 without one a local Ray instance is started with the machine's CPUs. Photos must be readable by the
@@ -16,41 +17,38 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from cardamage.config import Params, ScoreParams
 from cardamage.active.pool import PoolPhoto
+from cardamage.active.scoring import ScoredBatch
+from cardamage.config import ScoreParams
+from cardamage.errors import BadParameterError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
 
 class PhotoScorer:
-    """Ray ``map_batches`` UDF: one model per actor; ``{"i", "path"}`` batches in, score columns out."""
+    """Ray ``map_batches`` UDF: one model per actor; ``{"i", "id", "path"}`` batches in, score columns out."""
 
     def __init__(self, model_path: str, score: dict[str, Any]) -> None:
-        from cardamage.active.scoring import load_scorer
+        from cardamage.active.engines.local import from_model
 
-        self.params = ScoreParams(**score)
-        self.scorer = load_scorer(model_path, self.params.batch_size)
+        self.engine = from_model(model_path, ScoreParams(**score))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score one batch; unreadable photos come back with ``ok=False`` and the reason in ``error``."""
-        from cardamage.active.scoring import iter_batches, score_batch
-
-        photos = [PoolPhoto(Path(p), str(i), "", "") for i, p in zip(batch["i"], batch["path"], strict=True)]
+        photos = [PoolPhoto(Path(p), str(i), str(sha), "")
+                  for i, sha, p in zip(batch["i"], batch["id"], batch["path"], strict=True)]
         unreadable: dict[str, str] = {}
         rows: dict[int, dict[str, Any]] = {}
-        p, mc = self.params, self.params.mc_samples if self.scorer.sample is not None else 0
-        for chunk, images, valid in iter_batches(photos, self.scorer.input_size, self.scorer.resize,
-                                                 p.batch_size, unreadable):
-            probs, emb = self.scorer.predict(images)
-            samples = self.scorer.sample(images, mc) if mc > 0 else None
-            cols = score_batch(probs, valid, p, samples)
-            for k, photo in enumerate(chunk):
-                rows[int(photo.name)] = {**{c: v[k] for c, v in cols.items()}, "embedding": np.asarray(emb[k])}
+        for scored in self.engine.map(photos, unreadable):
+            for k, photo in enumerate(scored.photos):
+                rows[int(photo.name)] = {**{c: v[k] for c, v in scored.columns.items()},
+                                         "embedding": np.asarray(scored.embeddings[k])}
         return _columns(batch["i"], rows, unreadable)
 
 
@@ -81,86 +79,48 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
 
 
-def score_photos_ray(photos: Sequence[PoolPhoto], model_path: str | os.PathLike, params: ScoreParams,
-                     out: str | os.PathLike, model_version: str, actors: int = 1,
-                     unreadable: dict[str, str] | None = None) -> int:
-    """Score ``photos`` on Ray and write ``out`` like :func:`cardamage.active.scoring.score_photos`.
+class RayEngine:
+    """Scores on ``actors`` Ray actors, each holding the model once."""
 
-    Returns:
-        Rows written (unreadable photos are left out and added to ``unreadable``).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
+    def __init__(self, model_path: str | os.PathLike, params: ScoreParams, actors: int = 1,
+                 address: str | None = None) -> None:
+        if actors < 1:
+            raise BadParameterError(f"--actors: expected at least 1, got {actors}")
+        self.model_path = str(Path(model_path).resolve())
+        self.params = params
+        self.actors = actors
+        self.address = address
+        self.mc_samples = params.mc_samples  # saved models always have a sampler
 
-    from cardamage.fileio import atomic_path
-    from cardamage.active.scoring import _batch_table, _schema
+    def map(self, photos: Sequence[PoolPhoto], unreadable: dict[str, str]) -> Iterator[ScoredBatch]:
+        """Score all ``photos`` on Ray, then yield them in pool order, ``score.batch_size`` at a time."""
+        import ray
 
-    if actors < 1:
-        raise ValueError(f"--actors: expected at least 1, got {actors}")
-    items = [{"i": i, "path": str(Path(p.path).resolve())} for i, p in enumerate(photos)]
-    ds = ray.data.from_items(items).map_batches(
-        PhotoScorer, fn_constructor_kwargs={"model_path": str(Path(model_path).resolve()),
-                                            "score": dataclasses.asdict(params)},
-        batch_size=params.batch_size, concurrency=actors, num_cpus=1, batch_format="numpy")
-    rows = sorted(ds.take_all(), key=lambda r: int(r["i"]))
-    good = [r for r in rows if r["ok"]]
-    for r in rows:
-        if not r["ok"] and unreadable is not None:
-            unreadable[photos[int(r["i"])].name] = str(r["error"])
-    mc = "bald" in (good[0] if good else {})
-    emb = np.stack([np.asarray(r["embedding"], np.float32) for r in good]) if good else np.zeros((0, 1), np.float32)
-    schema = _schema(int(emb.shape[1]), mc)
-    cols = {c: np.asarray([r[c] for r in good]) for c in ("entropy", "margin", "least_confidence", "damaged_share",
-                                                         "instance_count") + (("bald",) if mc else ())}
-    table = _batch_table([photos[int(r["i"])] for r in good], cols, emb, params, model_version, schema)
-    with atomic_path(out, suffix=".parquet") as tmp:
-        pq.write_table(table if good else pa.Table.from_pylist([], schema=schema), tmp)
-    log.info("wrote %s: %d photo(s) scored on Ray (%d actor(s))", out, len(good), actors)
-    return len(good)
+        connect(self.address)
+        items = [{"i": i, "id": p.sha256, "path": str(Path(p.path).resolve())} for i, p in enumerate(photos)]
+        ds = ray.data.from_items(items).map_batches(
+            PhotoScorer, fn_constructor_kwargs={"model_path": self.model_path,
+                                                "score": dataclasses.asdict(self.params)},
+            batch_size=self.params.batch_size, concurrency=self.actors, num_cpus=1, batch_format="numpy")
+        rows = sorted(ds.take_all(), key=lambda r: int(r["i"]))
+        for r in rows:
+            if not r["ok"]:
+                unreadable[photos[int(r["i"])].name] = str(r["error"])
+        good = [r for r in rows if r["ok"]]
+        log.info("%d photo(s) scored on Ray (%d actor(s))", len(good), self.actors)
+        for start in range(0, len(good), self.params.batch_size):
+            chunk = good[start:start + self.params.batch_size]
+            names = [c for c in chunk[0] if c not in ("i", "ok", "error", "embedding")]
+            yield ScoredBatch([photos[int(r["i"])] for r in chunk],
+                              {c: np.asarray([r[c] for r in chunk]) for c in names},
+                              np.stack([np.asarray(r["embedding"], np.float32) for r in chunk]))
 
 
-def run_score_ray(params: Params, source: str | None = None, model_path: str | None = None,
-                  out: str | None = None, force: bool = False, actors: int = 1, address: str | None = None):
-    """``cardamage score --engine ray``: the local command's pool, freshness and merge, scored on Ray.
+def from_model(model_path: str | os.PathLike, params: ScoreParams, actors: int = 1,
+               address: str | None = None) -> RayEngine:
+    """The Ray engine (``pip install -e .[ray]``; ``address`` or ``RAY_ADDRESS`` for a cluster)."""
+    import importlib.util
 
-    Returns:
-        ``(pool, scores)`` like :func:`cardamage.active.scoring.run_score`.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from cardamage.fileio import atomic_path
-    from cardamage.model.network import read_model_info
-    from cardamage.active.pool import build_pool, check_not_empty
-    from cardamage.active.scoring import read_scores, stale_photos
-
-    model_path = model_path or params.score.model_path
-    out_path = Path(out or params.score.out)
-    pool = build_pool(source or params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
-    check_not_empty(pool)
-    version = read_model_info(model_path).model_version
-    old = read_scores(out_path)
-    todo = list(pool.photos) if force else stale_photos(old, pool.photos, version, params.score)
-    if todo:
-        connect(address)
-        new_path = out_path.with_name(f".{out_path.stem}.ray.parquet")
-        try:
-            score_photos_ray(todo, model_path, params.score, new_path, version, actors, pool.unreadable)
-            new = pq.read_table(new_path)
-        finally:
-            new_path.unlink(missing_ok=True)
-        tables = [new]
-        wanted = pa.array([p.sha256 for p in pool.photos], pa.string())
-        if len(old) and len(todo) < len(pool.photos) and out_path.is_file():
-            kept = pq.read_table(out_path)
-            kept = kept.filter(pc.and_(pc.is_in(kept["id"], value_set=wanted),
-                                       pc.invert(pc.is_in(kept["id"], value_set=new["id"]))))
-            if kept.num_rows and kept.schema.equals(new.schema):
-                tables.insert(0, kept)
-        with atomic_path(out_path, suffix=".parquet") as tmp:
-            pq.write_table(pa.concat_tables(tables), tmp)
-    scores = read_scores(out_path)
-    ids = {p.sha256 for p in pool.photos}
-    return pool, scores[scores["id"].isin(ids)].reset_index(drop=True)
+    if importlib.util.find_spec("ray") is None:
+        raise MissingExtraError("--engine ray needs Ray: pip install -e .[ray]")
+    return RayEngine(model_path, params, actors, address)

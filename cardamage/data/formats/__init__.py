@@ -2,12 +2,19 @@
 
 Format names (``write_annotations(..., fmt)`` and ``cardamage convert --to``):
 
-``via``          VIA 2.x project-less JSON export (keys ``filename+size``, ``regions`` a list)
-``via1``         VIA 1.x JSON (``regions`` a dict keyed ``"0"``, ``"1"``, ...)
-``via-project``  full VIA 2 project (``_via_settings``, ``_via_img_metadata``, ``_via_attributes``)
-``via-csv``      VIA CSV export
 ``coco``         COCO instance segmentation (polygons or RLE)
 ``labelstudio``  Label Studio JSON export (a list of tasks), coordinates in percent
+``via-project``  full VIA 2 project (``_via_settings``, ``_via_img_metadata``, ``_via_attributes``)
+``via``          VIA 2.x project-less JSON export (keys ``filename+size``, ``regions`` a list)
+``via1``         VIA 1.x JSON (``regions`` a dict keyed ``"0"``, ``"1"``, ...)
+``via-csv``      VIA CSV export
+
+Every format is an entry of the registry (:mod:`cardamage.data.formats.registry`): a
+:class:`Format` with a name, a description, ``detect``, ``read`` and ``write``. **Adding a format**:
+write a module in this package that ends with ``FORMATS = (Format(...),)`` and add its module
+name to :data:`FORMAT_MODULES`; code outside the package calls :func:`register_format` instead.
+``read_annotations``, ``write_annotations``, ``convert --to`` and the "formats tried" error
+all come from the registry.
 
 The canonical model (:mod:`cardamage.data.annotations`) is always in pixels; Label Studio's percent
 coordinates are converted at the boundary. Readers log a warning (and append it to
@@ -15,7 +22,7 @@ coordinates are converted at the boundary. Readers log a warning (and append it 
 :class:`~cardamage.data.annotations.AnnotationError` only when the whole file cannot be used.
 
 The helpers below the public functions are shared by the format modules. Nothing is imported
-from the format modules until a function is called.
+from the format modules until the registry is first used.
 """
 
 from __future__ import annotations
@@ -26,27 +33,29 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Polygon
-from cardamage.data.images import ImageLoadError, image_size
-from cardamage.data.masks import PolygonError, validate_polygon
+from cardamage.data.formats.registry import (Format, ReadRequest, format_names, formats, get_format,
+                                             register_format, unregister_format)
 
 log = logging.getLogger(__name__)
 
-#: Formats a reader recognises, in the order :func:`~cardamage.data.formats.detect.detect_format` tries them.
-READ_FORMATS: dict[str, str] = {
-    "via-project": "VIA 2 project JSON",
-    "coco": "COCO JSON",
-    "labelstudio": "Label Studio JSON export",
-    "via": "VIA 2.x JSON export",
-    "via1": "VIA 1.x JSON",
-    "via-csv": "VIA CSV export",
-}
-WRITE_FORMATS: tuple[str, ...] = ("coco", "via", "via1", "via-project", "via-csv", "labelstudio")
+#: The built-in format modules (each defines ``FORMATS``), in detection order.
+FORMAT_MODULES: tuple[str, ...] = ("coco", "labelstudio_json", "via", "via_csv")
+
+
+def __getattr__(name: str) -> Any:
+    """``READ_FORMATS`` (name -> description of the readable formats) and ``WRITE_FORMATS``
+    (writable names), computed from the registry when used."""
+    if name == "READ_FORMATS":
+        return {f.name: f.description for f in formats() if f.read is not None}
+    if name == "WRITE_FORMATS":
+        return format_names(writable=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_annotations(path: str | os.PathLike, category_key: str | None = None,
                      root: str | os.PathLike | None = None, *, classes: Sequence[str] | None = None,
                      predictions: bool = False) -> Dataset:
-    """Read an annotation file of any supported format (auto-detected) into a :class:`Dataset`.
+    """Read an annotation file of any registered format (auto-detected) into a :class:`Dataset`.
 
     Args:
         path: the annotation file (``.json`` or VIA ``.csv``).
@@ -61,46 +70,30 @@ def read_annotations(path: str | os.PathLike, category_key: str | None = None,
     Raises:
         AnnotationError: empty or unparsable file, unknown format, unsafe image names.
     """
-    from cardamage.data.formats import coco, detect, labelstudio_json, via, via_csv
+    from cardamage.data.formats.detect import detect
 
     p = Path(path)
-    fmt, data = detect.detect_format(p)
-    source = str(p)
+    fmt, data = detect(p)
     base = Path(root) if root is not None else p.parent
-    if fmt == "via-csv":
-        dataset = via_csv.read_via_csv(p, category_key=category_key)
-    elif fmt == "coco":
-        dataset = coco.parse_coco(data, source)
-    elif fmt == "labelstudio":
-        dataset = labelstudio_json.parse_labelstudio(data, source, root=base, predictions=predictions)
-    else:
-        dataset = via.parse_via(data, source, category_key=category_key)
-    dataset.meta["format"] = fmt
+    dataset = fmt.read(ReadRequest(path=p, data=data, root=base, category_key=category_key,
+                                   predictions=predictions))
+    dataset.meta["format"] = fmt.name
     dataset.root = base
     if classes is not None:
-        restrict_categories(dataset, classes, Issues(source, log))
+        restrict_categories(dataset, classes, Issues(str(p), log))
     return dataset
 
 
 def write_annotations(dataset: Dataset, path: str | os.PathLike, fmt: str, **options: Any) -> Path:
-    """Write ``dataset`` to ``path`` (atomically) in format ``fmt`` (one of :data:`WRITE_FORMATS`).
+    """Write ``dataset`` to ``path`` (atomically) in format ``fmt`` (one of :func:`format_names` ``(writable=True)``).
 
     ``options`` go to the format's writer (e.g. ``start_id`` for COCO, ``from_name``/``to_name``/
     ``predictions`` for Label Studio, ``category_key`` for VIA). Returns the written path.
     """
-    from cardamage.data.formats import coco, labelstudio_json, via, via_csv
-
-    writers = {
-        "coco": coco.write_coco,
-        "via": lambda d, p, **o: via.write_via(d, p, version=2, **o),
-        "via1": lambda d, p, **o: via.write_via(d, p, version=1, **o),
-        "via-project": via.write_via_project,
-        "via-csv": via_csv.write_via_csv,
-        "labelstudio": labelstudio_json.write_labelstudio,
-    }
-    if fmt not in writers:
-        raise AnnotationError(f"unknown output format {fmt!r}; choose one of {', '.join(WRITE_FORMATS)}")
-    return writers[fmt](dataset, Path(path), **options)
+    writable = format_names(writable=True)
+    if fmt not in writable:
+        raise AnnotationError(f"unknown output format {fmt!r}; choose one of {', '.join(writable)}")
+    return get_format(fmt).write(dataset, Path(path), **options)
 
 
 # --- helpers shared by the format modules ------------------------------------------------------
@@ -128,6 +121,8 @@ def clean_polygon(points: Sequence[Sequence[float]], width: int | None, height: 
     Clips to ``[0, width] x [0, height]`` when the size is known and warns on self-intersection.
     Returns ``None`` (after a warning naming file, image and region) for an unusable polygon.
     """
+    from cardamage.data.masks import PolygonError, validate_polygon
+
     try:
         return validate_polygon([(float(x), float(y)) for x, y in points], width, height,
                                 where=f"{issues.source}: {where}")
@@ -179,6 +174,8 @@ def record_size(dataset: Dataset, record: ImageRecord) -> tuple[int, int] | None
 
     Does not modify the record.
     """
+    from cardamage.data.images import ImageLoadError, image_size
+
     if record.width and record.height:
         return int(record.width), int(record.height)
     path = image_file(dataset, record)
@@ -204,4 +201,6 @@ def number(value: float, digits: int = 4) -> int | float:
     return int(rounded) if rounded.is_integer() else rounded
 
 
-__all__ = ["READ_FORMATS", "WRITE_FORMATS", "read_annotations", "write_annotations"]
+__all__ = ["FORMAT_MODULES", "Format", "Issues", "ReadRequest", "format_names", "formats", "get_format",
+           "read_annotations", "register_format", "restrict_categories", "unregister_format",
+           "write_annotations"]

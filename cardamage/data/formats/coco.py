@@ -19,11 +19,18 @@ from cardamage.data.annotations import Dataset, ImageRecord, Instance, Polygon, 
 from cardamage.fileio import write_json
 from cardamage.data.masks import PolygonError, unflatten
 from cardamage.data.formats import Issues, clean_polygon, finish_dataset, number, record_size
+from cardamage.data.formats.registry import Format, ReadRequest
 
 log = logging.getLogger(__name__)
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def is_coco(data: Any) -> bool:
+    """A dict with an ``images`` list and an ``annotations`` list or a ``categories`` key."""
+    return isinstance(data, dict) and isinstance(data.get("images"), list) \
+        and isinstance(data.get("annotations", []), list) and ("annotations" in data or "categories" in data)
 
 
 def _categories(items: list[Any], issues: Issues) -> tuple[dict[Any, str], list[str]]:
@@ -212,3 +219,10 @@ def to_coco(dataset: Dataset, start_id: int = 1) -> dict[str, Any]:
 def write_coco(dataset: Dataset, path: str | Path, start_id: int = 1) -> Path:
     """Write COCO JSON atomically (see :func:`to_coco`)."""
     return write_json(path, to_coco(dataset, start_id), indent=None)
+
+
+def _read(request: ReadRequest) -> Dataset:
+    return parse_coco(request.data, request.source)
+
+
+FORMATS = (Format("coco", "COCO JSON", detect=is_coco, read=_read, write=write_coco),)

@@ -1,4 +1,8 @@
-"""Recognise an annotation file's format from its name and JSON shape."""
+"""Recognise an annotation file's format by asking each registered format's ``detect``.
+
+Formats that detect on the file (``Format.detects == "file"``, e.g. VIA CSV) are asked first;
+then the file is parsed as JSON and the JSON formats are asked, in registry order.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from cardamage.data.annotations import AnnotationError
-
-CSV_HEADER = ("filename", "file_size", "file_attributes", "region_count", "region_id",
-              "region_shape_attributes", "region_attributes")
+from cardamage.data.formats.registry import Format, get_format, readers
 
 
 def formats_tried() -> str:
-    """Human-readable list of the formats a reader recognises."""
-    from cardamage.data.formats import READ_FORMATS
-
-    return ", ".join(READ_FORMATS.values())
+    """Human-readable list of the formats a reader recognises (registry order)."""
+    return ", ".join(f.description for f in (*readers("json"), *readers("file")))
 
 
 def read_text(path: Path) -> str:
@@ -44,50 +44,17 @@ def load_json(path: Path) -> Any:
                               f"formats tried: {formats_tried()}") from exc
 
 
-def _is_via_entry(entry: Any) -> bool:
-    return isinstance(entry, dict) and "filename" in entry and ("regions" in entry or "file_attributes" in entry)
-
-
-def _via_version(entries: list[Any]) -> str:
-    return "via1" if any(isinstance(e.get("regions"), dict) for e in entries) else "via"
-
-
 def detect_json(data: Any) -> str | None:
-    """Format name for parsed JSON ``data`` (see :data:`cardamage.data.formats.READ_FORMATS`), or ``None``.
+    """Name of the first registered JSON format whose ``detect`` accepts ``data``, or ``None``.
 
     Empty containers are accepted as empty files of the format that writes them:
     ``{}`` as a VIA export, ``[]`` as a Label Studio export.
     """
-    if isinstance(data, dict):
-        if isinstance(data.get("_via_img_metadata"), dict):
-            return "via-project"
-        if isinstance(data.get("images"), list) and isinstance(data.get("annotations", []), list) \
-                and ("annotations" in data or "categories" in data):
-            return "coco"
-        if isinstance(data.get("data"), dict):
-            return "labelstudio"
-        values = list(data.values())
-        if all(_is_via_entry(v) for v in values):
-            return _via_version(values)
-        return None
-    if isinstance(data, list):
-        if all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data):
-            return "labelstudio"
-        if all(_is_via_entry(e) for e in data):
-            return _via_version(data)
-    return None
+    return next((f.name for f in readers("json") if f.detect(data)), None)
 
 
-def _looks_like_csv(path: Path) -> bool:
-    if path.suffix.lower() == ".csv":
-        return True
-    with path.open("rb") as fh:
-        head = fh.read(200).decode("utf-8-sig", errors="replace")
-    return head.startswith("filename,file_size")
-
-
-def detect_format(path: Path) -> tuple[str, Any]:
-    """Return ``(format name, parsed JSON)`` for ``path``; the JSON is ``None`` for VIA CSV.
+def detect(path: Path) -> tuple[Format, Any]:
+    """Return ``(format, parsed JSON)`` for ``path``; the JSON is ``None`` for file-detected formats.
 
     Raises:
         AnnotationError: missing, empty or unparsable file, or JSON of no known format
@@ -95,16 +62,21 @@ def detect_format(path: Path) -> tuple[str, Any]:
     """
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
-    if _looks_like_csv(path):
-        read_text(path)  # empty-file check
-        return "via-csv", None
+    for fmt in readers("file"):
+        if fmt.detect(path):
+            read_text(path)  # empty-file check
+            return fmt, None
     data = load_json(path)
-    fmt = detect_json(data)
-    if fmt is None:
+    name = detect_json(data)
+    if name is None:
         kind = type(data).__name__
         keys = f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else ""
         raise AnnotationError(f"{path}: JSON {kind}{keys} is not a known annotation format; "
                               f"formats tried: {formats_tried()}")
-    if isinstance(data, dict) and fmt == "labelstudio":
-        data = [data]
-    return fmt, data
+    return get_format(name), data
+
+
+def detect_format(path: Path) -> tuple[str, Any]:
+    """Return ``(format name, parsed JSON)`` for ``path``, see :func:`detect`."""
+    fmt, data = detect(path)
+    return fmt.name, data

@@ -24,6 +24,7 @@ from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, In
 from cardamage.fileio import write_json
 from cardamage.data.masks import decode_rle, encode_rle
 from cardamage.data.formats import Issues, clean_polygon, finish_dataset, record_size
+from cardamage.data.formats.registry import Format, ReadRequest
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,13 @@ def _task(task: dict[str, Any], n: int, root: Path | None, source: str, predicti
     return record
 
 
+def is_labelstudio(data: Any) -> bool:
+    """One task (a dict with a ``data`` dict) or a list of them (``[]`` included)."""
+    if isinstance(data, dict):
+        return isinstance(data.get("data"), dict)
+    return isinstance(data, list) and all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data)
+
+
 def parse_labelstudio(tasks: Sequence[Any], source: str, root: str | Path | None = None,
                       predictions: bool = False, data_key: str | None = None) -> Dataset:
     """Parse a Label Studio JSON export into a :class:`Dataset` (pixels).
@@ -380,3 +388,12 @@ def to_labelstudio(dataset: Dataset, from_name: str = "label", to_name: str = "i
 def write_labelstudio(dataset: Dataset, path: str | Path, **options: Any) -> Path:
     """Write Label Studio JSON atomically; ``options`` as for :func:`to_labelstudio`."""
     return write_json(path, to_labelstudio(dataset, **options), indent=None)
+
+
+def _read(request: ReadRequest) -> Dataset:
+    tasks = [request.data] if isinstance(request.data, dict) else request.data
+    return parse_labelstudio(tasks, request.source, root=request.root, predictions=request.predictions)
+
+
+FORMATS = (Format("labelstudio", "Label Studio JSON export", detect=is_labelstudio, read=_read,
+                  write=write_labelstudio),)

@@ -11,6 +11,7 @@ Category detection (when no ``category_key`` is given), see :func:`detect_catego
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance, Polygon, safe_relative_path
 from cardamage.fileio import write_json
 from cardamage.data.formats import Issues, clean_polygon, finish_dataset, number, record_file_size
+from cardamage.data.formats.registry import Format, ReadRequest
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,31 @@ DEFAULT_CATEGORY_KEY = "name"
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def is_via_project(data: Any) -> bool:
+    """A VIA 2 project: a dict whose ``_via_img_metadata`` is a dict."""
+    return isinstance(data, dict) and isinstance(data.get("_via_img_metadata"), dict)
+
+
+def _via_entries(data: Any) -> list[Any] | None:
+    """The entries of a VIA export (dict values or list items), if every one looks like a VIA entry."""
+    entries = list(data.values()) if isinstance(data, dict) else data if isinstance(data, list) else None
+    if entries is None or not all(isinstance(e, dict) and "filename" in e and ("regions" in e or "file_attributes" in e)
+                                  for e in entries):
+        return None
+    return entries
+
+
+def is_via1(data: Any) -> bool:
+    """A VIA 1.x file: VIA entries, at least one with ``regions`` as a dict."""
+    entries = _via_entries(data)
+    return entries is not None and any(isinstance(e.get("regions"), dict) for e in entries)
+
+
+def is_via2(data: Any) -> bool:
+    """A VIA 2.x export: VIA entries with ``regions`` lists (``{}`` and ``[]`` included)."""
+    return _via_entries(data) is not None and not is_via1(data)
 
 
 def _usable_category(value: Any) -> str | None:
@@ -307,3 +334,14 @@ def write_via_project(dataset: Dataset, path: str | Path, category_key: str | No
     """Write a full VIA 2 project file atomically (project name: the file stem unless kept in meta)."""
     return write_json(path, to_via_project(dataset, category_key, Path(path).stem), indent=None)
 
+
+
+def _read(request: ReadRequest) -> Dataset:
+    return parse_via(request.data, request.source, category_key=request.category_key)
+
+
+FORMATS = (
+    Format("via-project", "VIA 2 project JSON", detect=is_via_project, read=_read, write=write_via_project),
+    Format("via", "VIA 2.x JSON export", detect=is_via2, read=_read, write=functools.partial(write_via, version=2)),
+    Format("via1", "VIA 1.x JSON", detect=is_via1, read=_read, write=functools.partial(write_via, version=1)),
+)

@@ -20,10 +20,14 @@ from typing import Any
 from cardamage.data.annotations import AnnotationError, Dataset
 from cardamage.fileio import write_text
 from cardamage.data.formats import Issues, record_file_size
-from cardamage.data.formats.detect import CSV_HEADER, formats_tried, read_text
+from cardamage.data.formats.detect import formats_tried, read_text
+from cardamage.data.formats.registry import Format, ReadRequest
 from cardamage.data.formats.via import DEFAULT_CATEGORY_KEY, parse_via, via_regions
 
 log = logging.getLogger(__name__)
+
+CSV_HEADER = ("filename", "file_size", "file_attributes", "region_count", "region_id",
+              "region_shape_attributes", "region_attributes")
 
 _STRING_OR_UNDEFINED = re.compile(r'"(?:[^"\\]|\\.)*"|\bundefined\b')
 #: Rows warned about in full before the rest are summed up in one line.
@@ -74,6 +78,15 @@ class _CellParser:
         if rest:
             self.issues.warn(f"bare 'undefined' also read as null in {len(rest)} more cell(s) "
                              f"(lines {rest[0]['line']}-{rest[-1]['line']})")
+
+
+def looks_like_csv(path: Path) -> bool:
+    """A ``.csv`` file, or a file starting with VIA's CSV header."""
+    if path.suffix.lower() == ".csv":
+        return True
+    with path.open("rb") as fh:
+        head = fh.read(200).decode("utf-8-sig", errors="replace")
+    return head.startswith("filename,file_size")
 
 
 def _rows(path: Path) -> csv.DictReader:
@@ -159,3 +172,11 @@ def write_via_csv(dataset: Dataset, path: str | Path, category_key: str | None =
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(to_via_csv_rows(dataset, category_key))
     return write_text(path, buffer.getvalue())
+
+
+def _read(request: ReadRequest) -> Dataset:
+    return read_via_csv(request.path, category_key=request.category_key)
+
+
+FORMATS = (Format("via-csv", "VIA CSV export", detect=looks_like_csv, read=_read, write=write_via_csv,
+                  suffix=".csv", detects="file"),)
