@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -106,13 +106,6 @@ def bald_map(samples: np.ndarray) -> np.ndarray:
     return np.maximum(mi, 0.0).astype(np.float32)
 
 
-PIXEL_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "entropy": entropy_map,
-    "margin": margin_map,
-    "least_confidence": least_confidence_map,
-}
-
-
 def damage_mask(probs: np.ndarray) -> np.ndarray:
     """Pixels predicted as damage: ``bool [N, H, W]`` where ``argmax(probs) != 0``."""
     return _check(probs, 4, "probs").argmax(axis=-1) != 0
@@ -163,36 +156,6 @@ def _topk_mean(values: np.ndarray, percent: float) -> float:
         return 0.0
     k = max(1, int(np.ceil(values.size * percent / 100.0)))
     return float(np.partition(values, values.size - k)[values.size - k:].mean())
-
-
-def image_scores(probs: np.ndarray, methods: Sequence[str] = ("entropy", "margin", "least_confidence"),
-                 reduction: str = "mean", topk_percent: float = 10.0, valid: np.ndarray | None = None,
-                 samples: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Several acquisition scores at once.
-
-    Args:
-        probs: ``[N, H, W, C]`` deterministic probabilities.
-        methods: names from :data:`PIXEL_MAPS`, plus ``bald`` (needs ``samples``).
-        reduction, topk_percent, valid: see :func:`reduce_pixels`; the ``damage`` reduction uses
-            ``argmax(probs) != 0``.
-        samples: ``[T, N, H, W, C]`` MC-dropout probabilities for ``bald``.
-
-    Returns:
-        ``{method: float32 [N]}``.
-    """
-    damage = damage_mask(probs) if reduction == "damage" else None
-    out = {}
-    for name in methods:
-        if name == "bald":
-            if samples is None:
-                raise ValueError("method 'bald' needs MC-dropout samples [T, N, H, W, C]")
-            pixel = bald_map(samples)
-        elif name in PIXEL_MAPS:
-            pixel = PIXEL_MAPS[name](probs)
-        else:
-            raise ValueError(f"acquisition method {name!r} is not one of {sorted(PIXEL_MAPS) + ['bald']}")
-        out[name] = reduce_pixels(pixel, reduction, topk_percent, damage, valid)
-    return out
 
 
 def random_scores(n_or_keys: int | Sequence[str], seed: int = 0) -> np.ndarray:

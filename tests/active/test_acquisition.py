@@ -15,7 +15,8 @@ def _probs(*pixels: tuple[float, ...], h: int = 2, w: int = 2) -> np.ndarray:
 
 def test_uniform_ranks_above_confident_for_every_score():
     probs = _probs((0.5, 0.5), (0.99, 0.01), (0.7, 0.3))
-    for name, fn in acq.PIXEL_MAPS.items():
+    for name, fn in (("entropy", acq.entropy_map), ("margin", acq.margin_map),
+                     ("least_confidence", acq.least_confidence_map)):
         scores = acq.reduce_pixels(fn(probs), "mean")
         assert list(np.argsort(-scores)) == [0, 2, 1], name
 
@@ -74,9 +75,13 @@ def test_valid_mask_ignores_padding():
     assert acq.reduce_pixels(pixel, "topk", topk_percent=50, valid=valid)[0] == 0.0
 
 
-def test_image_scores_damage_uses_argmax():
+def test_damage_reduction_uses_argmax():
+    from cardamage.active.scoring import score_batch
+    from cardamage.config import ScoreParams
+
     probs = _probs((0.4, 0.6), (0.9, 0.1))
-    out = acq.image_scores(probs, ["entropy", "bald"], reduction="damage", samples=np.stack([probs, probs]))
+    valid = np.ones(probs.shape[:-1], bool)
+    out = score_batch(probs, valid, ScoreParams(reduction="damage"), samples=np.stack([probs, probs]))
     assert out["entropy"][0] > 0 and out["entropy"][1] == 0.0  # image 1 has no predicted damage
     np.testing.assert_allclose(out["bald"], 0.0, atol=1e-6)
 
@@ -98,7 +103,10 @@ def test_shape_errors_name_the_argument(bad):
 def test_unknown_reduction_and_method():
     with pytest.raises(ValueError, match="reduction"):
         acq.reduce_pixels(np.zeros((1, 2, 2)), "max")
+    from cardamage.active.strategies import ScoreBatch, get_strategy
+    from cardamage.config import ScoreParams
+
     with pytest.raises(ValueError, match="bald"):
-        acq.image_scores(_probs((0.5, 0.5)), ["bald"])
+        get_strategy("bald").score(ScoreBatch(_probs((0.5, 0.5)), None, None, ["a"], ScoreParams()))
     with pytest.raises(ValueError, match="topk_percent"):
         acq.reduce_pixels(np.zeros((1, 2, 2)), "topk", topk_percent=0)
