@@ -158,7 +158,8 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 
 
 @main.command()
-@click.option("--budget", type=int, default=None, help="Photos to select (default: select.budget).")
+@click.option("--budget", type=click.IntRange(min=1), default=None,
+              help="Photos to select, at least 1 (default: select.budget).")
 @click.option("--strategy", type=RegistryChoice(strategy_choices), default=None,
               help="A registered selection strategy (default: select.strategy).")
 @click.option("--seed", type=int, default=None, help="Seed for random / k-center (default: select.seed).")

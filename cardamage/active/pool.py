@@ -75,6 +75,13 @@ class Pool:
 
 # ----------------------------------------------------------------------------- hash cache
 
+def _valid_entry(entry: Any) -> bool:
+    """A cache entry of the expected shape (anything else is recomputed)."""
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int) and isinstance(entry.get("mtime_ns"), int)
+            and isinstance(entry.get("phash"), (str, type(None))) and isinstance(entry.get("error"), (str, type(None))))
+
+
 class HashCache:
     """sha256 and dHash per file, remembered by absolute path, size and mtime (JSON file, optional)."""
 
@@ -84,25 +91,41 @@ class HashCache:
         self.dirty = False
         if self.path is not None and self.path.is_file():
             try:
-                self.entries = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+                entries = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 log.warning("%s: unreadable hash cache, starting afresh (%s)", self.path, exc)
+                entries = {}
+            if not isinstance(entries, dict):
+                log.warning("%s: hash cache is a JSON %s, not an object: starting afresh", self.path,
+                            type(entries).__name__)
+                entries = {}
+            self.entries = {k: v for k, v in entries.items() if _valid_entry(v)}
+            self.dirty = len(self.entries) != len(entries)
 
-    def hashes(self, file: str | os.PathLike) -> tuple[str, str | None, str | None]:
-        """``(sha256, dhash or None, error or None)`` of ``file``; the error names an unreadable image."""
+    def hashes(self, file: str | os.PathLike) -> tuple[str | None, str | None, str | None]:
+        """``(sha256, dhash, error)`` of ``file``: ``error`` (else ``None``) names an unreadable image.
+
+        A file that cannot be read at all (permissions, I/O error) has no sha256 either, and is not
+        remembered, so that it is tried again next time.
+        """
         p = Path(file)
-        stat = p.stat()
-        key = str(p.resolve())
-        entry = self.entries.get(key)
-        if not entry or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(p),
-                     "phash": None, "error": None}
-            try:
-                entry["phash"] = perceptual_hash(p)
-            except ImageLoadError as exc:
-                entry["error"] = str(exc)
-            self.entries[key] = entry
-            self.dirty = True
+        try:
+            stat = p.stat()
+            key = str(p.resolve())
+            entry = self.entries.get(key)
+            if not entry or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+                entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(p),
+                         "phash": None, "error": None}
+                try:
+                    entry["phash"] = perceptual_hash(p)
+                except ImageLoadError as exc:
+                    entry["error"] = str(exc)
+                self.entries[key] = entry
+                self.dirty = True
+        except PermissionError:
+            return None, None, f"{p}: cannot be read (permission denied)"
+        except OSError as exc:
+            return None, None, f"{p}: cannot be read ({exc.strerror or exc})"
         return entry["sha256"], entry["phash"], entry["error"]
 
     def save(self) -> None:
@@ -167,7 +190,10 @@ def labelled_photos(data: DataParams, cache: HashCache) -> list[KnownPhoto]:
     for record in dataset.images:
         file = base / record.path
         if record.labelled and file.is_file():
-            sha, ph, _ = cache.hashes(file)
+            sha, ph, error = cache.hashes(file)
+            if sha is None:
+                log.warning("labelled photo %s", error)
+                continue
             known.append(KnownPhoto(record.path, sha, ph, "labelled", file=file))
     return known
 
@@ -186,6 +212,7 @@ def ledger_photos(path: str | os.PathLike, cache: HashCache) -> list[KnownPhoto]
         entry = entry if isinstance(entry, dict) else {}
         name = str(entry.get("path") or sha)
         status = entry.get("status", "pushed")
+        status = status if isinstance(status, str) else "pushed"
         ph = None
         if entry.get("path") and Path(name).is_file():
             _, ph, _ = cache.hashes(name)
@@ -225,7 +252,9 @@ def build_pool(source: str | os.PathLike, data: DataParams, ledger: str | os.Pat
             pool.unreadable[name] = f"{name}: file not found"
             continue
         sha, ph, error = cache.hashes(file)
-        if sha in by_sha:
+        if sha is None:
+            pool.unreadable[name] = error or f"{name}: cannot be read"
+        elif sha in by_sha:
             k = by_sha[sha]
             pool.excluded[name] = f"{_KIND_TEXT[k.kind]}: same file as {k.name}"
         elif sha in seen:

@@ -33,6 +33,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
+from cardamage.active import scores_store
 from cardamage.active.pool import Pool, PoolPhoto, build_pool, check_not_empty
 from cardamage.active.strategies import ScoreBatch, score_columns, scoring_strategies
 from cardamage.config import Params, ScoreParams
@@ -228,11 +229,17 @@ def score_photos(photos: Sequence[PoolPhoto], scorer: Scorer, params: ScoreParam
 
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """The scores table (empty frame when the file is missing)."""
-    p = Path(path)
-    if not p.is_file():
-        return pd.DataFrame(columns=["id", "path", "model_version", "reduction"])
-    return pd.read_parquet(p)
+    """The scores table (empty frame when the file is missing).
+
+    Raises:
+        BadInputError: the file is not a readable scores table (named, with the way out).
+    """
+    table = scores_store.read_table(path)
+    return _empty_scores() if table is None else table.to_pandas()
+
+
+def _empty_scores() -> pd.DataFrame:
+    return pd.DataFrame(columns=["id", "path", "model_version", "reduction"])
 
 
 def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_version: str,
@@ -261,46 +268,60 @@ def ensure_scores(photos: Sequence[PoolPhoto], path: str | os.PathLike, params: 
     """The scores of ``photos``, scoring first those that are missing or stale (all with ``force``).
 
     Fresh rows of photos still in the pool are kept, new rows appended, rows of photos that left
-    the pool dropped; the file is rewritten atomically only when something changed.
+    the pool dropped. Each scored batch is committed as it is finished
+    (:mod:`cardamage.active.scores_store`), so a killed run resumes after its last batch; the
+    table is rewritten atomically once at the end, only when something changed.
     ``engine_factory`` is called only when something needs scoring; it returns an engine, or a
     :class:`Scorer` that is then run by the local engine.
 
     Returns:
         One row per readable photo of ``photos``.
+
+    Raises:
+        BadInputError: ``path`` exists but is not a readable table (``force`` replaces it).
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from cardamage.active.engines.local import LocalEngine
-
     path = Path(path)
-    scores = read_scores(path)
-    todo = list(photos) if force else stale_photos(scores, photos, model_version, params)
-    wanted = pa.array([p.sha256 for p in photos], pa.string())
+    scores_store.clean_leftovers(path)
+    if force:
+        scores_store.discard_parts(path)
+    old = scores_store.read_table(path, force=force)
+    wanted = [p.sha256 for p in photos]
+    current = None if force else scores_store.latest_rows([old, scores_store.read_parts(path)], wanted)
+    known = current.to_pandas() if current is not None else _empty_scores()
+    todo = stale_photos(known, photos, model_version, params)
     if todo:
         log.info("scoring %d new or stale photo(s) of %d", len(todo), len(photos))
         engine = engine_factory()
         if isinstance(engine, Scorer):
+            from cardamage.active.engines.local import LocalEngine
+
             engine = LocalEngine(engine, params)
-        new_path = path.with_name(f".{path.stem}.new.parquet")
-        try:
-            write_scores(engine, todo, params, new_path, model_version, unreadable, progress)
-            new = pq.read_table(new_path)
-        finally:
-            new_path.unlink(missing_ok=True)
-        tables = [new]
-        if len(scores) and len(todo) < len(photos):
-            old = pq.read_table(path)
-            keep = pc.and_(pc.is_in(old["id"], value_set=wanted),
-                           pc.invert(pc.is_in(old["id"], value_set=new["id"])))
-            old = old.filter(keep)
-            if old.num_rows and old.schema.equals(new.schema):
-                tables.insert(0, old)
-        with atomic_path(path, suffix=".parquet") as tmp:
-            pq.write_table(pa.concat_tables(tables), tmp)
-        scores = read_scores(path)
-    return scores[scores["id"].isin(set(wanted.to_pylist()))].reset_index(drop=True)
+        _score_into_parts(engine, todo, params, path, model_version, unreadable, progress)
+    if todo or scores_store.parts_dir(path).is_dir():
+        merged = scores_store.latest_rows([None if force else old, scores_store.read_parts(path)], wanted)
+        if merged is None:  # nothing readable: still leave a valid, empty table
+            merged = schema(1, params.mc_samples > 0).empty_table()
+        scores_store.commit(path, merged)
+    scores = read_scores(path)
+    return scores[scores["id"].isin(set(wanted))].reset_index(drop=True)
+
+
+def _score_into_parts(engine: Engine, photos: Sequence[PoolPhoto], params: ScoreParams, path: Path,
+                      version: str, unreadable: dict[str, str] | None, progress: bool) -> int:
+    """Score ``photos`` batch by batch, committing each batch as a part file of ``path``; returns rows."""
+    from tqdm import tqdm
+
+    unreadable = {} if unreadable is None else unreadable
+    table_schema = None
+    rows = 0
+    with tqdm(total=len(photos), unit="photo", desc="scoring", disable=not progress) as bar:
+        for batch in engine.map(photos, unreadable):
+            if table_schema is None:
+                table_schema = schema(int(batch.embeddings.shape[1]), engine.mc_samples > 0)
+            scores_store.append_part(path, batch_table(batch, params, version, table_schema))
+            rows += len(batch.photos)
+            bar.update(len(batch.photos))
+    return rows
 
 
 def labelled_embeddings(files: Sequence[tuple[str, Path]], scorer_factory: Callable[[], Scorer],
@@ -335,6 +356,23 @@ def labelled_embeddings(files: Sequence[tuple[str, Path]], scorer_factory: Calla
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
+def checked_model_version(model_path: str | os.PathLike, params: Params) -> str:
+    """The version of the model in ``model_path`` once it is known to fit the params (before any scoring).
+
+    Raises:
+        ModelMismatchError: the model predicts other classes than ``data.classes`` (a car-part model
+            given for the damage model, say), or is not a cardamage model.
+    """
+    from cardamage.model.io import check_compatible, read_model_info
+
+    info = read_model_info(model_path)
+    check_compatible(info, expect_classes=params.data.classes, source=str(model_path))
+    if int(info.input_size) != int(params.model.input_size):
+        log.warning("%s takes %d px input, params say model.input_size=%d: scoring at the model's own size "
+                    "(retrain to use the new size)", model_path, info.input_size, params.model.input_size)
+    return info.model_version
+
+
 def run_score(params: Params, source: str | None = None, model_path: str | None = None, out: str | None = None,
               force: bool = False, progress: bool = True, engine: str = "local",
               **engine_options) -> tuple[Pool, pd.DataFrame]:
@@ -348,12 +386,11 @@ def run_score(params: Params, source: str | None = None, model_path: str | None 
         CardamageError: empty pool, only unreadable photos, unusable model file, missing engine.
     """
     from cardamage.active.engines import make_engine
-    from cardamage.model.io import read_model_info
 
     model_path = model_path or params.score.model_path
+    version = checked_model_version(model_path, params)
     pool = build_pool(source or params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
     check_not_empty(pool)
-    version = read_model_info(model_path).model_version
     scores = ensure_scores(pool.photos, out or params.score.out, params.score,
                            lambda: make_engine(engine, model_path, params.score, **engine_options), version,
                            pool.unreadable, progress, force)

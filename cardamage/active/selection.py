@@ -261,8 +261,7 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     Raises:
         CardamageError: empty pool, unreadable pool, bad strategy or budget (one-line messages).
     """
-    from cardamage.active.scoring import labelled_embeddings, load_scorer, run_score
-    from cardamage.model.io import read_model_info
+    from cardamage.active.scoring import checked_model_version, labelled_embeddings, load_scorer, run_score
 
     sp = params.select
     strategy = strategy or sp.strategy
@@ -277,7 +276,7 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     if EMBEDDINGS in chosen.needs:
         files = [(k.sha256, k.file) for k in pool.known if k.file is not None]
         labelled = labelled_embeddings(files, lambda: load_scorer(model_path, params.score.batch_size),
-                                       read_model_info(model_path).model_version,
+                                       checked_model_version(model_path, params),
                                        params.score.labelled_embeddings, params.score.batch_size)
     near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
     selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near)

@@ -8,19 +8,43 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cardamage.errors import BadInputError
+from cardamage.errors import BadInputError, BadParameterError
 
 log = logging.getLogger(__name__)
 
-#: Largest accepted image, in pixels (about 8K x 11K). Bigger files are refused as decompression bombs.
-MAX_PIXELS = 89_478_485
+#: Default largest accepted photo, in decoded pixels (50 MP: above every phone camera's 48 MP).
+#: ``data.max_pixels`` sets it for a run (:func:`set_pixel_limit`); bigger files are refused by name,
+#: from their header, before any pixel is decoded.
+MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+_pixel_limit = MAX_PIXELS
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Set the pixel budget of every later :func:`open_image` / :func:`image_size` call (``data.max_pixels``).
+
+    Pillow's own bomb limit (``Image.MAX_IMAGE_PIXELS``) follows, so that no reader of Pillow's
+    decodes more than this either.
+    """
+    global _pixel_limit
+    if int(max_pixels) < 1:
+        raise BadParameterError(f"data.max_pixels: must be >= 1, got {max_pixels}")
+    _pixel_limit = int(max_pixels)
+    Image.MAX_IMAGE_PIXELS = _pixel_limit
+
+
+def pixel_limit() -> int:
+    """The pixel budget in force (decoded pixels per photo)."""
+    return _pixel_limit
 
 
 class ImageLoadError(BadInputError, OSError):
@@ -44,39 +68,87 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open, fully decode, EXIF-rotate and convert ``path`` to an RGB PIL image.
-
-    Raises:
-        ImageLoadError: missing, empty, truncated, corrupt, not-an-image or too-large files.
-    """
-    p = Path(path)
-    if not p.is_file():
+def _check_file(p: Path) -> None:
+    if not p.exists():
         raise ImageLoadError(f"{p}: file not found")
+    if not p.is_file():
+        raise ImageLoadError(f"{p}: not a file")
+    if not os.access(p, os.R_OK):
+        raise ImageLoadError(f"{p}: cannot be read (permission denied)")
     if p.stat().st_size == 0:
         raise ImageLoadError(f"{p}: empty file")
+
+
+def _check_pixels(p: Path, w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageLoadError(f"{p}: {w}x{h} pixels exceeds the limit of {max_pixels} "
+                             "(data.max_pixels; possible decompression bomb)")
+
+
+def _bomb(p: Path, limit: int, exc: Exception) -> ImageLoadError:
+    """Pillow's own bomb refusal, in the words of :func:`_check_pixels`."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1))} pixels" if found else "its size"
+    return ImageLoadError(f"{p}: {size} exceeds the limit of {limit} (data.max_pixels; possible decompression bomb)")
+
+
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """``img`` decoded at most ``max_side`` on its longer side: JPEG by DCT scaling before decoding
+    (no full-resolution array exists), other formats by ``reduce`` right after."""
+    if max_side is None or max(img.size) <= max_side:
+        img.load()
+        return img
+    if img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (max_side, max_side))
+    img.load()
+    if max(img.size) > max_side:
+        factor = max(1, max(img.size) // max_side)
+        if factor > 1:
+            img = img.reduce(factor)
+        if max(img.size) > max_side:
+            img = img.copy()
+            img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return img
+
+
+def open_image(path: str | os.PathLike, max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
+    """Open, fully decode, EXIF-rotate and convert ``path`` to an RGB PIL image.
+
+    Args:
+        max_pixels: the pixel budget (default :func:`pixel_limit`, i.e. ``data.max_pixels``), checked
+            on the header before decoding.
+        max_side: decode at most this many pixels on the longer side (JPEG: scaled while decoding,
+            so memory follows ``max_side``, not the file's own size); ``None`` keeps full resolution.
+
+    Raises:
+        ImageLoadError: missing, unreadable, empty, truncated, corrupt, not-an-image or too-large files.
+    """
+    p = Path(path)
+    limit = pixel_limit() if max_pixels is None else int(max_pixels)
+    _check_file(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageLoadError(f"{p}: {w}x{h} pixels exceeds the limit of {max_pixels} "
-                                         "(possible decompression bomb)")
-                img.load()
+                _check_pixels(p, *img.size, limit)
+                img = _reduced(img, max_side)
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{p}: refused as a decompression bomb ({exc})") from exc
+        raise _bomb(p, limit, exc) from None
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{p}: not a readable image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PermissionError as exc:
+        raise ImageLoadError(f"{p}: cannot be read (permission denied)") from exc
+    except MemoryError as exc:
+        raise ImageLoadError(f"{p}: too large to decode in memory") from exc
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise ImageLoadError(f"{p}: truncated or corrupt image ({exc})") from exc
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = None, max_side: int | None = None) -> np.ndarray:
     """Load ``path`` as an RGB array.
 
     Returns:
@@ -85,18 +157,30 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     Raises:
         ImageLoadError: see :func:`open_image`.
     """
-    return np.asarray(open_image(path, max_pixels), dtype=np.uint8)
+    return np.asarray(open_image(path, max_pixels, max_side), dtype=np.uint8)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """Return ``(width, height)`` after EXIF orientation, reading only the header."""
+    """Return ``(width, height)`` after EXIF orientation, reading only the header.
+
+    Raises:
+        ImageLoadError: missing, unreadable, not an image, or over the pixel budget (a bomb).
+    """
     p = Path(path)
+    _check_file(p)
     try:
-        with Image.open(p) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as exc:
+        raise _bomb(p, pixel_limit(), exc) from None
+    except PermissionError as exc:
+        raise ImageLoadError(f"{p}: cannot be read (permission denied)") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise ImageLoadError(f"{p}: not a readable image ({exc})") from exc
+    _check_pixels(p, w, h, pixel_limit())
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

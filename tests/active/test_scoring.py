@@ -119,17 +119,9 @@ def test_labelled_embeddings_cached_per_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 64 px MobileNetV3-small (width 0.25) DeepLabV3+ saved with its ModelInfo (untrained)."""
-    from cardamage.config import ModelParams
-    from cardamage.model.heads import build_model
-    from cardamage.model.io import ModelInfo, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    params = ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,
-                         projection_filters=8, dropout=0.3)
-    save_model(build_model(params, 2), path, ModelInfo(classes=["damage"], input_size=64))
-    return path
+def tiny_model(tiny_model_file) -> Path:
+    """The session's untrained 64 px model (``tiny_model_file``): one model build per test run."""
+    return tiny_model_file
 
 
 def _cli(tmp_path: Path, model: Path, *args: str):
