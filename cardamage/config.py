@@ -39,6 +39,7 @@ class DataParams:
     val_splits: list[str] = field(default_factory=lambda: ["val"])
     pool: str = "data/sample/test"
     near_duplicate_distance: int = 6
+    max_pixels: int = 50_000_000
 
 
 @dataclass
@@ -220,7 +221,8 @@ class LabelStudioParams:
     image_access: Literal["upload", "local-files"] = "upload"
     local_files_root: str | None = None
     batch_size: int = 50
-    timeout_s: float = 60.0
+    timeout_s: float = 30.0
+    deadline_s: float | None = 90.0
     max_retries: int = 3
     ledger: str = "annotation/ledger.json"
     exports_dir: str = "annotation/exports"
@@ -244,6 +246,8 @@ class ServeParams:
     part_model_path: str | None = None
     max_upload_mb: float = 20.0
     max_photos_per_request: int = 10
+    max_request_pixels: int = 130_000_000
+    max_side: int = 1024
     incoming_dir: str = "data/incoming"
     splash_dir: str = "reports/service/splash"
     min_side_px: int = 320
@@ -423,13 +427,24 @@ def load_params(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (data:, model:, ...), "
+                              f"got {type(data).__name__}")
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     try:
-        return params_from_dict(data)
+        params = params_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    from cardamage.data.images import set_pixel_limit
+
+    if params.data.max_pixels < 1:
+        raise ConfigError(f"{p}: data.max_pixels: must be >= 1, got {params.data.max_pixels}")
+    set_pixel_limit(params.data.max_pixels)  # the one pixel budget of every image read in this run
+    return params
 
 
 def params_to_dict(params: Params) -> dict[str, Any]:

@@ -104,3 +104,28 @@ def test_disagreements_name_the_dotted_key():
         "a.x.y: in params.yaml, not in the dataclass defaults"]
     assert _disagreements({"a": {}}, {"a": {"z": None}}) == ["a.z: in the dataclass defaults, not in params.yaml"]
     assert _disagreements({"a": [1, 3]}, {"a": [1, 2]}) == ["a[1]: params.yaml 3 != dataclass default 2"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("data:\n  root: donn\xe9es\n".encode("latin-1"), "not UTF-8"),
+    (b"- data\n- model\n", "expected a mapping"),
+])
+def test_params_file_of_the_wrong_encoding_or_shape_is_named(tmp_path, content, needle):
+    bad = tmp_path / "params.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_params(bad)
+    assert str(bad) in str(info.value) and needle in str(info.value)
+
+
+def test_pixel_budget_is_set_by_the_params():
+    from cardamage.data import images
+
+    try:
+        load_params(None, ["data.max_pixels=1234"])
+        assert images.pixel_limit() == 1234
+        with pytest.raises(ConfigError, match="data.max_pixels"):
+            load_params(None, ["data.max_pixels=0"])
+    finally:
+        load_params(None)
+    assert images.pixel_limit() == images.MAX_PIXELS

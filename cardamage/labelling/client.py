@@ -3,13 +3,19 @@
 Connection: ``LABEL_STUDIO_URL`` (default ``http://localhost:8080``) and ``LABEL_STUDIO_API_KEY``:
 a legacy token (40 hex characters; the server needs ``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true``
 from 1.23 on) or a personal access token (a JWT refresh token, exchanged by the SDK for short-lived
-access tokens). The key is never logged and never part of an error message.
+access tokens). The key is stripped of surrounding whitespace and refused up front when it holds a
+character no key has (:func:`cardamage.labelling.redact.check_api_key`); it is never logged and never
+part of an error message.
 
-Errors reach the caller as :class:`LabelStudioError` with a one-line message. Timeouts, dropped
-connections, 429 and 5xx answers are retried with exponential backoff; a refused connection fails
-at once. Calls that create something (imports, uploads, annotations) are not retried after a
-timeout, since the server may have done the work: :class:`LabelStudioTimeout` tells the caller to
-reconcile first (see :mod:`cardamage.labelling.push`).
+Every SDK/HTTP call goes through :meth:`LabelStudioClient._call`: any exception becomes a
+:class:`LabelStudioError` (a ``ServiceError``) with a one-line, scrubbed message, raised ``from None``.
+Timeouts, dropped connections, 429 and 5xx answers are retried with exponential backoff; a refused
+connection fails at once. One call, retries included, ends after ``deadline_s`` even when the server
+trickles bytes (:mod:`cardamage.labelling.transport`); an attempt without an answer for a few seconds
+is announced at INFO ("waiting for Label Studio at URL (attempt k/n ...)..."). Calls that create
+something (imports, uploads, annotations) are not retried after a timeout, since the server may have
+done the work: :class:`LabelStudioTimeout` tells the caller to reconcile first (see
+:mod:`cardamage.labelling.push`).
 
 Coordinates never appear here: results are passed through as Label Studio JSON (percent).
 """
@@ -19,64 +25,66 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cardamage.errors import ServiceError
+from cardamage.labelling.client_errors import (
+    LabelStudioAuthError,
+    LabelStudioError,
+    LabelStudioTimeout,
+    LabelStudioUnreachable,
+    classify,
+    one_line,
+)
+from cardamage.labelling.redact import check_api_key, install_log_filter, scrub
+
+__all__ = ["LabelStudioAuthError", "LabelStudioClient", "LabelStudioError", "LabelStudioTimeout",
+           "LabelStudioUnreachable", "api_key_from_env", "connect", "resolve_url", "wait_until_healthy"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://localhost:8080"
+#: Seconds one request may wait for the server (each read and write; connecting: at most 10 s).
+DEFAULT_TIMEOUT_S = 30.0
+#: Seconds one call may take in all, retries and backoff included (at least twice the timeout).
+DEFAULT_DEADLINE_S = 90.0
+#: Seconds without an answer after which the user is told what is being waited for.
+NOTICE_AFTER_S = 5.0
 T = TypeVar("T")
 _MAX_BACKOFF_S = 30.0
-#: HTTP statuses after which the request was not processed, so even a create may be sent again.
-_NOT_PROCESSED = {429, 502, 503, 504}
-
-
-class LabelStudioError(ServiceError):
-    """A Label Studio call that failed; the message is one line and never contains the API key.
-
-    An ``OSError`` (like ``requests``' errors), so the command line shows it as a one-line user error.
-    """
-
-
-class LabelStudioUnreachable(LabelStudioError):
-    """No connection to the server (refused, unknown host)."""
-
-
-class LabelStudioAuthError(LabelStudioError):
-    """The server rejected the API key (401) or its user may not do this (403)."""
-
-
-class LabelStudioTimeout(LabelStudioError):
-    """A call that creates something timed out: the server may or may not have done it."""
 
 
 def resolve_url(url: str | None = None) -> str:
     """``url``, else ``$LABEL_STUDIO_URL``, else :data:`DEFAULT_URL`; without a trailing slash."""
-    return (url or os.environ.get("LABEL_STUDIO_URL") or DEFAULT_URL).rstrip("/")
+    return (url or os.environ.get("LABEL_STUDIO_URL") or DEFAULT_URL).strip().rstrip("/")
 
 
 def api_key_from_env() -> str:
-    """``$LABEL_STUDIO_API_KEY``.
+    """``$LABEL_STUDIO_API_KEY`` without surrounding whitespace.
 
     Raises:
         LabelStudioError: the variable is unset or empty.
+        BadParameterError: the key has a character no key has (the message says which and where).
     """
-    key = os.environ.get("LABEL_STUDIO_API_KEY", "").strip()
-    if not key:
+    key = os.environ.get("LABEL_STUDIO_API_KEY", "")
+    if not key.strip():
         raise LabelStudioError("LABEL_STUDIO_API_KEY is not set: copy the access token from Label Studio "
                                "(Account & Settings) into that environment variable")
-    return key
+    return check_api_key(key, "LABEL_STUDIO_API_KEY")
 
 
-def connect(url: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
-            max_retries: int = 3, backoff_s: float = 0.5) -> LabelStudioClient:
-    """A client for ``url`` (see :func:`resolve_url`) with ``api_key`` (default: from the environment)."""
-    return LabelStudioClient(resolve_url(url), api_key or api_key_from_env(), timeout_s=timeout_s,
-                             max_retries=max_retries, backoff_s=backoff_s)
+def connect(url: str | None = None, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+            max_retries: int = 3, backoff_s: float = 0.5, deadline_s: float | None = None) -> LabelStudioClient:
+    """A client for ``url`` (see :func:`resolve_url`) with ``api_key`` (default: from the environment).
+
+    See :class:`LabelStudioClient` for the other arguments.
+    """
+    key = api_key_from_env() if api_key is None else check_api_key(api_key, "api_key")
+    return LabelStudioClient(resolve_url(url), key, timeout_s=timeout_s, max_retries=max_retries,
+                             backoff_s=backoff_s, deadline_s=deadline_s)
 
 
 def wait_until_healthy(url: str, timeout_s: float = 120.0, poll_s: float = 1.0,
@@ -97,6 +105,8 @@ def wait_until_healthy(url: str, timeout_s: float = 120.0, poll_s: float = 1.0,
                 return time.monotonic() - start
         except httpx.HTTPError:
             pass
+        except Exception as exc:  # noqa: BLE001 - a bad URL: say so, scrubbed
+            raise LabelStudioError(f"cannot check {url}/health: {type(exc).__name__}: {one_line(str(exc))}") from None
         time.sleep(poll_s)
     raise LabelStudioError(f"Label Studio at {url} did not answer /health within {timeout_s:.0f} s")
 
@@ -107,95 +117,92 @@ class LabelStudioClient:
     Args:
         url: server address, e.g. ``http://127.0.0.1:8080``.
         api_key: legacy token or personal access token (kept private, never shown).
-        timeout_s: per-request timeout in seconds.
+        timeout_s: per-request timeout in seconds (each read and write; connecting: at most 10 s).
         max_retries: retries after a timeout, dropped connection, 429 or 5xx.
         backoff_s: first retry delay in seconds; doubled each retry (capped at 30 s).
+        deadline_s: the most seconds one call may take, all attempts and backoff included
+            (``None``: :data:`DEFAULT_DEADLINE_S`, at least twice ``timeout_s``).
+
+    Raises:
+        BadParameterError: ``api_key`` has a character no key has.
     """
 
-    def __init__(self, url: str, api_key: str, timeout_s: float = 60.0, max_retries: int = 3,
-                 backoff_s: float = 0.5) -> None:
+    def __init__(self, url: str, api_key: str, timeout_s: float = DEFAULT_TIMEOUT_S, max_retries: int = 3,
+                 backoff_s: float = 0.5, deadline_s: float | None = None) -> None:
         self.url = url.rstrip("/")
+        self.timeout_s = float(timeout_s)
         self.max_retries = max(0, int(max_retries))
         self.backoff_s = float(backoff_s)
-        self._key = api_key
-        self._sdk = self._call("connect", self._make_sdk, timeout_s)
+        self.deadline_s = float(deadline_s) if deadline_s else max(DEFAULT_DEADLINE_S, 2 * self.timeout_s)
+        self._key = check_api_key(api_key, "api_key")
+        self._shown_url = scrub(self.url)  # for messages: no password from http://user:password@host
+        self._deadline: Any = None
+        self._sdk = self._call("connect", self._make_sdk)
 
-    def _make_sdk(self, timeout_s: float) -> Any:
+    def _make_sdk(self) -> Any:
         try:
             from label_studio_sdk import LabelStudio
+
+            from cardamage.labelling.transport import Deadline, make_http_client
         except ImportError:
             raise LabelStudioError("label-studio-sdk is not installed: pip install 'label-studio-sdk>=2,<3'") from None
 
-        # The SDK's own retries are off: ours know which calls may be repeated.
-        return LabelStudio(base_url=self.url, api_key=self._key, timeout=timeout_s, max_retries=0)
+        self._deadline = Deadline()
+        # The SDK's own retries are off: ours know which calls may be repeated. Its timeout is the client's.
+        return LabelStudio(base_url=self.url, api_key=self._key, max_retries=0,
+                           httpx_client=make_http_client(self.timeout_s, self._deadline))
 
     def __repr__(self) -> str:
-        return f"LabelStudioClient(url={self.url!r})"
+        return f"LabelStudioClient(url={self._shown_url!r})"
 
     # --- error handling ------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
     def _call(self, what: str, fn: Callable[..., T], *args: Any, creates: bool = False, **kwargs: Any) -> T:
-        """Run ``fn`` with retries; translate every failure into a :class:`LabelStudioError`."""
-        attempt = 0
-        while True:
+        """Run ``fn`` with retries within :attr:`deadline_s`; every failure becomes a one-line, scrubbed
+        :class:`LabelStudioError` raised ``from None`` (the original text never reaches the user)."""
+        start = time.monotonic()
+        deadline = start + self.deadline_s
+        attempts = self.max_retries + 1
+        install_log_filter()  # loggers of modules imported since the last call
+        for attempt in range(1, attempts + 1):
+            notice = self._notice(what, attempt, attempts, deadline)
             try:
-                return fn(*args, **kwargs)
+                if self._deadline is None:  # making the SDK client: no request
+                    return fn(*args, **kwargs)
+                with self._deadline.until(deadline):
+                    return fn(*args, **kwargs)
             except LabelStudioError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below, unknown ones re-raised
-                error, retry = self._classify(what, exc, creates)
-                if error is None:
-                    raise
-            if not retry or attempt >= self.max_retries:
+            except Exception as exc:  # noqa: BLE001 - every failure is translated, none passes unscrubbed
+                error, retry = classify(what, exc, creates, self._shown_url, time.monotonic() - start)
+            finally:
+                if notice is not None:
+                    notice.cancel()
+            delay = min(self.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+            if retry and attempt < attempts and time.monotonic() + delay >= deadline:
+                waited = "" if error.timed_out else f"; gave up after {time.monotonic() - start:.1f} s"
+                raise type(error)(f"{error}{waited} ({attempt} attempt(s) within the deadline of "
+                                  f"{self.deadline_s:g} s)") from None
+            if not retry or attempt >= attempts:
                 raise error from None
-            delay = min(self.backoff_s * 2 ** attempt, _MAX_BACKOFF_S)
-            attempt += 1
             log.warning("%s; retry %d of %d in %.1f s", error, attempt, self.max_retries, delay)
             time.sleep(delay)
+            log.info("waiting for Label Studio at %s (attempt %d/%d: %s)...", self._shown_url, attempt + 1, attempts,
+                     what)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _classify(self, what: str, exc: BaseException, creates: bool) -> tuple[LabelStudioError | None, bool]:
-        """``(error to raise, whether a retry is allowed)``; ``(None, False)`` for foreign exceptions."""
-        import httpx
-        from label_studio_sdk.core.api_error import ApiError
-
-        if isinstance(exc, httpx.ConnectError):
-            reason = "connection refused" if "refused" in str(exc).lower() else self._scrub(str(exc) or "no connection")
-            return LabelStudioUnreachable(f"cannot reach Label Studio at {self.url}: {reason} — "
-                                          "is the server running?"), False
-        if isinstance(exc, httpx.TimeoutException):
-            sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
-            cls = LabelStudioTimeout if creates and sent else LabelStudioError
-            return cls(f"Label Studio {what} timed out at {self.url}"), not (creates and sent)
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            cls = LabelStudioTimeout if creates else LabelStudioError
-            return cls(f"Label Studio {what}: connection dropped ({type(exc).__name__})"), not creates
-        if isinstance(exc, ApiError):
-            return self._api_error(what, exc, creates)
-        if isinstance(exc, (json.JSONDecodeError, ValueError)) and not isinstance(exc, LabelStudioError):
-            return LabelStudioError(f"{self.url} answered {what} with something that is not Label Studio's "
-                                    f"API ({type(exc).__name__}) — is LABEL_STUDIO_URL right?"), False
-        return None, False
-
-    def _api_error(self, what: str, exc: Any, creates: bool) -> tuple[LabelStudioError, bool]:
-        status = exc.status_code
-        detail = self._scrub(_detail(exc.body))
-        if status == 401:
-            return LabelStudioAuthError(
-                f"Label Studio rejected the API key (401) at {self.url}: check LABEL_STUDIO_API_KEY "
-                "(a legacy token also needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the server; "
-                "a personal access token must not be expired or revoked)"), False
-        if status == 403:
-            return LabelStudioAuthError(f"Label Studio refused {what} (403): the API key's user may not do "
-                                        f"this ({detail})"), False
-        if status == 404:
-            return LabelStudioError(f"Label Studio {what}: not found (404) at {self.url} ({detail})"), False
-        retry = status is not None and (status in _NOT_PROCESSED or (status >= 500 and not creates))
-        if status is not None and status >= 500 and creates and not retry:
-            return LabelStudioTimeout(f"Label Studio {what} failed ({status}): {detail}"), False
-        return LabelStudioError(f"Label Studio {what} failed ({status}): {detail}"), retry
+    def _notice(self, what: str, attempt: int, attempts: int, deadline: float) -> threading.Timer | None:
+        """A started timer that says what is being waited for when an attempt takes a while."""
+        if self._deadline is None:
+            return None
+        after = min(NOTICE_AFTER_S, self.timeout_s / 2)
+        left = max(0.0, deadline - time.monotonic())
+        timer = threading.Timer(after, log.info, args=(
+            "waiting for Label Studio at %s (attempt %d/%d: %s, no answer for %.1f s; giving up in %.0f s)...",
+            self._shown_url, attempt, attempts, what, after, left - after))
+        timer.daemon = True
+        timer.start()
+        return timer
 
     # --- raw requests (multipart upload, file download) ----------------------------------------
 
@@ -285,12 +292,13 @@ class LabelStudioClient:
         handles = [open(f, "rb") for f in files]
         try:
             parts = {f"file{i}": (Path(f).name, h) for i, (f, h) in enumerate(zip(files, handles))}
-            response = self._call("file upload", self._raw, "POST", f"api/projects/{project_id}/import",
-                                  params={"commit_to_project": "false"}, files=parts, creates=True)
+            body = self._call("file upload", lambda: self._raw(
+                "POST", f"api/projects/{project_id}/import", params={"commit_to_project": "false"},
+                files=parts).json(), creates=True)
         finally:
             for h in handles:
                 h.close()
-        ids = [int(i) for i in response.json().get("file_upload_ids") or []]
+        ids = [int(i) for i in (body.get("file_upload_ids") if isinstance(body, dict) else None) or []]
         if len(ids) != len(files):
             raise LabelStudioError(f"Label Studio stored {len(ids)} of {len(files)} uploaded files")
         uploads = self._call("upload lookup", self._sdk.files.list, project_id, ids=json.dumps(ids))
@@ -327,13 +335,26 @@ class LabelStudioClient:
         def fetch() -> list[dict[str, Any]]:
             chunks = self._sdk.projects.exports.download_sync(
                 project_id, export_type="JSON", download_all_tasks=not only_annotated, download_resources=False)
-            return json.loads(b"".join(chunks))
+            return self._export_json(b"".join(chunks), project_id)
         return self._call("export", fetch)
+
+    def _export_json(self, data: bytes, project_id: int) -> list[dict[str, Any]]:
+        """The tasks of an export's bytes; a clear error for a non-UTF-8, non-JSON or non-list export."""
+        what = f"the JSON export of project {project_id} from {self._shown_url}"
+        try:
+            tasks = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise LabelStudioError(f"{what} is not UTF-8 (byte {exc.start}: {exc.reason})") from None
+        except json.JSONDecodeError as exc:
+            raise LabelStudioError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise LabelStudioError(f"{what} is not a list of tasks")
+        return tasks
 
     def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
         """Every prediction of the project (``task``, ``result`` in percent, ``score``, ``model_version``)."""
-        predictions = self._call("prediction list", self._sdk.predictions.list, project=project_id)
-        return [p.model_dump(mode="json") for p in predictions]
+        return self._call("prediction list", lambda: [p.model_dump(mode="json")
+                                                      for p in self._sdk.predictions.list(project=project_id)])
 
     def download(self, url: str) -> bytes:
         """Bytes of a file the server serves (``/data/upload/...`` or ``/data/local-files/?d=...``)."""
@@ -355,17 +376,3 @@ class LabelStudioClient:
                    legacy_api_tokens_enabled=True, api_token_ttl_days=30)
         return str(self._call("token creation", self._sdk.tokens.create, creates=True).token)
 
-
-def _detail(body: Any) -> str:
-    """A short text from an error body (``detail`` and validation errors), at most 300 characters."""
-    if isinstance(body, dict):
-        parts = [str(body.get("detail") or "")]
-        if body.get("validation_errors"):
-            parts.append(json.dumps(body["validation_errors"], ensure_ascii=False))
-        text = " ".join(p for p in parts if p) or json.dumps(body, ensure_ascii=False)
-    elif isinstance(body, str) and body.lstrip().startswith("<"):
-        text = "the answer is an HTML page, not Label Studio's JSON API"
-    else:
-        text = str(body or "no detail")
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."

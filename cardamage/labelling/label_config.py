@@ -16,6 +16,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from cardamage.errors import BadInputError
+from cardamage.labelling.files import read_text
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,17 @@ def check_label_config(xml: str, classes: Sequence[str]) -> list[str]:
 
 
 def check_label_config_file(path: str | Path, classes: Sequence[str]) -> list[str]:
-    """:func:`check_label_config` for a file, plus "differs from the generated file" when it does."""
+    """:func:`check_label_config` for a file, plus "differs from the generated file" when it does.
+
+    A missing or non-UTF-8 file is a problem too (the message names the file).
+    """
     p = Path(path)
     if not p.is_file():
         return [f"{p}: not found (write it with `cardamage labelstudio config`)"]
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = read_text(p, "the labelling configuration")
+    except BadInputError as exc:  # not UTF-8: one problem, named
+        return [str(exc)]
     problems = [f"{p}: {msg}" for msg in check_label_config(text, classes)]
     if not problems and text != generate_label_config(classes):
         problems.append(f"{p}: differs from the generated configuration (rewrite it with "

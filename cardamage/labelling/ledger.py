@@ -12,7 +12,6 @@ The file is written atomically with sorted keys, so an unchanged ledger is byte-
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from typing import Any
 
 from cardamage.errors import BadInputError
 from cardamage.fileio import write_json
+from cardamage.labelling.files import kind_of, read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,41 @@ def load_ledger(path: str | os.PathLike) -> Ledger:
     """Read the ledger; a missing file is an empty ledger.
 
     Raises:
-        ValueError: the file is not JSON or not a mapping of sha256 to entries (the message names it).
+        BadInputError: the file is not UTF-8, not JSON, or not a mapping of sha256 to entries of the
+            documented shape (the message names the file and the entry).
     """
     p = Path(path)
     if not p.is_file():
         return {}
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{p}: the ledger is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise BadInputError(f"{p}: the ledger must map sha256 to entries")
+    data = read_json(p, "the ledger")
+    if not isinstance(data, dict):
+        raise BadInputError(f"{p}: the ledger must be an object mapping sha256 to entries (got {kind_of(data)})")
+    for sha, entry in data.items():
+        problem = entry_problem(entry)
+        if problem:
+            raise BadInputError(f"{p}: entry {sha}: {problem}")
     return data
+
+
+#: Optional entry fields and their JSON types (``status`` is checked against :data:`STATUSES`).
+_FIELDS: dict[str, tuple[type, ...]] = {"path": (str,), "task_id": (int,), "project_id": (int,),
+                                        "pushed_at": (str,), "labelled_at": (str,)}
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one ledger entry, or ``None`` when it is usable."""
+    if not isinstance(entry, dict):
+        return f"must be an object with path, task_id, project_id, status (got {kind_of(entry)})"
+    status = entry.get("status", PUSHED)
+    if not isinstance(status, str) or status not in STATUSES:
+        got = repr(status) if isinstance(status, str) else kind_of(status)
+        return f"status must be one of {', '.join(STATUSES)} (got {got})"
+    for name, types in _FIELDS.items():
+        value = entry.get(name)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            wanted = "an integer" if types == (int,) else "a string"
+            return f"{name} must be {wanted} (got {kind_of(value)})"
+    return None
 
 
 def save_ledger(path: str | os.PathLike, ledger: Ledger) -> Path:

@@ -20,8 +20,6 @@ Written (each only when its bytes change, so a second pull changes nothing):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -37,12 +35,11 @@ from cardamage.data.annotations import Dataset, ImageRecord, Instance
 from cardamage.data.dedup import file_sha256
 from cardamage.data.images import image_size
 from cardamage.data.masks import instance_mask
-from cardamage.errors import BadInputError
-from cardamage.fileio import write_bytes
 from cardamage.labelling.client import LabelStudioClient
 from cardamage.labelling.label_config import NO_DAMAGE
 from cardamage.labelling.label_config import UNUSABLE as UNUSABLE_CHOICE
 from cardamage.labelling.ledger import LABELLED, PUSHED, UNUSABLE, load_ledger, mark, save_ledger
+from cardamage.labelling.via_file import load_via, replace_entry, sha_of, write_csv, write_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +155,7 @@ def image_bytes(client: LabelStudioClient, pulled: Pulled, ledger: dict[str, dic
     else downloaded from Label Studio."""
     data = pulled.task.get("data") or {}
     candidates = [ledger.get(pulled.sha256 or "", {}).get("path"), data.get("cardamage_path")]
-    for name in (c for c in candidates if c):
+    for name in (c for c in candidates if c and isinstance(c, str)):
         path = Path(name)
         if path.is_file() and (pulled.sha256 is None or file_sha256(path) == pulled.sha256):
             return path.read_bytes()
@@ -242,7 +239,7 @@ def pull_project(client: LabelStudioClient, project_id: int, params: Params) -> 
     labelled = update_training_data(client, pulled, ledger, Path(ls.labelled_dir), data_key, summary)
     write_exports(labelled, params, project_id)
     write_report(labelled, predictions, params, Path(ls.report_csv))
-    _write_csv(Path(ls.report_csv).with_name("annotation_disagreements.csv"), DISAGREEMENT_COLUMNS, disagreements)
+    write_csv(Path(ls.report_csv).with_name("annotation_disagreements.csv"), DISAGREEMENT_COLUMNS, disagreements)
     if _update_ledger(ledger, pulled, project_id):
         save_ledger(ls.ledger, ledger)
     summary.seconds = time.monotonic() - start
@@ -262,26 +259,15 @@ def _via_entry(pulled: Pulled, name: str, size: int, project_id: int) -> tuple[s
     return next(iter(to_via(Dataset(images=[record]), version=2, category_key="name").items()))
 
 
-def _load_via(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise BadInputError(f"{path}: expected a VIA 2 JSON export (a mapping)")
-    return data
-
-
-def _sha_of(entry: dict[str, Any]) -> str | None:
-    return (entry.get("file_attributes") or {}).get("cardamage_id")
 
 
 def update_training_data(client: LabelStudioClient, pulled: list[Pulled], ledger: dict[str, dict[str, Any]],
                          root: Path, data_key: str, summary: PullSummary) -> list[Pulled]:
     """Copy labelled photos into ``root/images`` and merge their VIA entries; return the labelled ones."""
     via_path = root / "via_region_data.json"
-    via = _load_via(via_path)
-    key_of = {_sha_of(e): k for k, e in via.items() if _sha_of(e)}
-    taken = {e["filename"]: _sha_of(e) for e in via.values() if "filename" in e}
+    via = load_via(via_path)
+    key_of = {sha_of(e): k for k, e in via.items() if sha_of(e)}
+    taken = {e["filename"]: sha_of(e) for e in via.values() if "filename" in e}
     labelled = []
     for item in pulled:
         if item.verdict in (UNUSABLE_CHOICE, EMPTY, CONFLICT) or item.sha256 is None:
@@ -290,15 +276,15 @@ def update_training_data(client: LabelStudioClient, pulled: list[Pulled], ledger
         old_key = key_of.get(item.sha256)
         name = via[old_key]["filename"] if old_key else _image_name(item, taken)
         data = image_bytes(client, item, ledger, data_key)
-        _write_if_changed(root / name, data)
+        write_if_changed(root / name, data)
         if not (item.record.width and item.record.height):
             item.record.width, item.record.height = image_size(root / name)
         key, entry = _via_entry(item, name, len(data), summary.project_id)
         _count(summary, item, old_key is None, old_key == key and via.get(old_key) == entry)
-        via = _replace(via, old_key, key, entry)
+        via = replace_entry(via, old_key, key, entry)
         key_of[item.sha256], taken[name], item.image_name = key, item.sha256, name
         labelled.append(item)
-    _write_if_changed(via_path, (json.dumps(via, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_if_changed(via_path, (json.dumps(via, ensure_ascii=False) + "\n").encode("utf-8"))
     return labelled
 
 
@@ -331,19 +317,6 @@ def _drop(item: Pulled, via: dict[str, Any], key_of: dict[str | None, str], root
         summary.removed += 1
 
 
-def _replace(via: dict[str, Any], old_key: str | None, key: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """``via`` with ``old_key`` replaced by ``key: entry`` in place (order kept), or ``key`` appended."""
-    if old_key is None or old_key == key:
-        via[key] = entry
-        return via
-    return {(key if k == old_key else k): (entry if k == old_key else v) for k, v in via.items()}
-
-
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    write_bytes(path, data)
-    return True
 
 
 # --- exports, report, ledger --------------------------------------------------------------------------
@@ -365,7 +338,7 @@ def write_exports(labelled: list[Pulled], params: Params, project_id: int) -> No
     out = Path(params.labelstudio.exports_dir)
     for suffix, content in (("coco", to_coco(dataset)), ("via", to_via(dataset, 2, "name"))):
         text = json.dumps(content, ensure_ascii=False) + "\n"
-        _write_if_changed(out / f"project_{project_id}_{suffix}.json", text.encode("utf-8"))
+        write_if_changed(out / f"project_{project_id}_{suffix}.json", text.encode("utf-8"))
 
 
 def _report_row(item: Pulled, prediction: dict[str, Any] | None, classes: Sequence[str]) -> dict[str, Any]:
@@ -384,15 +357,8 @@ def _report_row(item: Pulled, prediction: dict[str, Any] | None, classes: Sequen
 def write_report(labelled: list[Pulled], predictions: dict[int, dict[str, Any]], params: Params, path: Path) -> None:
     """``annotation_vs_model.csv``: per labelled photo, the mask IoU of the label vs the pre-annotation."""
     rows = [_report_row(p, predictions.get(int(p.task["id"])), params.data.classes) for p in labelled]
-    _write_csv(path, REPORT_COLUMNS, sorted(rows, key=lambda r: str(r["image"])))
+    write_csv(path, REPORT_COLUMNS, sorted(rows, key=lambda r: str(r["image"])))
 
-
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_if_changed(path, buffer.getvalue().encode("utf-8"))
 
 
 def _update_ledger(ledger: dict[str, dict[str, Any]], pulled: list[Pulled], project_id: int) -> bool:

@@ -14,39 +14,28 @@ before anything is imported. A push that failed half-way is resumed by running i
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from cardamage.config import LabelStudioParams, Params
 from cardamage.data.annotations import Dataset, ImageRecord, Instance
-from cardamage.data.dedup import file_sha256
 from cardamage.data.images import image_size
-from cardamage.errors import BadInputError, BadParameterError
+from cardamage.errors import BadParameterError
 from cardamage.labelling.client import LabelStudioClient, LabelStudioTimeout
 from cardamage.labelling.label_config import LabelConfig, parse_label_config
 from cardamage.labelling.ledger import LABELLED, UNUSABLE, load_ledger, now_iso, record_push, save_ledger
+from cardamage.labelling.photos import Photo, photos_from_paths, read_selection  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 #: sha256 -> the model's instances for that photo (polygons in pixels, ``score`` = confidence).
 Predictions = Mapping[str, Sequence[Instance]]
-
-
-@dataclass
-class Photo:
-    """A photo to push: ``name`` is its path as listed in the selection (POSIX), ``score`` its acquisition score."""
-
-    sha256: str
-    path: Path
-    name: str
-    score: float | None = None
 
 
 @dataclass
@@ -73,58 +62,6 @@ class PushSummary:
         return "\n".join(lines + self.notes)
 
     __str__ = text
-
-
-# --- selection ---------------------------------------------------------------------------------
-
-
-def read_selection(path: str | os.PathLike) -> list[Photo]:
-    """Photos of a selection CSV (columns ``id``, ``path``, ``score``, ...; ``id`` = sha256).
-
-    Paths are taken as written (relative to the current folder), else relative to the CSV's
-    folder. A photo whose bytes no longer match ``id`` is pushed under its current sha256.
-
-    Raises:
-        ValueError: no ``path`` column, or listed photos that do not exist (all named, up to 5).
-    """
-    p = Path(path)
-    with open(p, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and "path" not in rows[0]:
-        raise BadInputError(f"{p}: a selection needs a 'path' column (got {list(rows[0])})")
-    photos, missing = [], []
-    for row in rows:
-        file = _locate(row["path"], p.parent)
-        if file is None:
-            missing.append(row["path"])
-            continue
-        photos.append(_photo(file, row, p))
-    if missing:
-        raise BadInputError(f"{p}: {len(missing)} selected photo(s) not found: {', '.join(missing[:5])}")
-    return photos
-
-
-def _locate(name: str, base: Path) -> Path | None:
-    for candidate in (Path(name), base / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _photo(file: Path, row: Mapping[str, str], source: Path) -> Photo:
-    sha = file_sha256(file)
-    listed = (row.get("id") or "").strip()
-    if listed and listed != sha:
-        log.warning("%s: %s changed since it was selected (sha256 differs); pushing its current bytes",
-                    source, row["path"])
-    score = row.get("score")
-    return Photo(sha256=sha, path=file, name=PurePosixPath(row["path"].replace("\\", "/")).as_posix(),
-                 score=float(score) if score not in (None, "") else None)
-
-
-def photos_from_paths(paths: Sequence[str | os.PathLike]) -> list[Photo]:
-    """Photos for files given directly (no acquisition score)."""
-    return [Photo(file_sha256(p), Path(p), Path(p).as_posix()) for p in paths]
 
 
 # --- building tasks ------------------------------------------------------------------------------
@@ -359,7 +296,7 @@ def connect_params(params: Params) -> LabelStudioClient:
     from cardamage.labelling.client import connect
 
     ls = params.labelstudio
-    return connect(ls.url, timeout_s=ls.timeout_s, max_retries=ls.max_retries)
+    return connect(ls.url, timeout_s=ls.timeout_s, max_retries=ls.max_retries, deadline_s=ls.deadline_s)
 
 
 def push_selection(selection: str | os.PathLike, params: Params, client: LabelStudioClient | None = None,

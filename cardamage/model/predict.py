@@ -24,7 +24,7 @@ import numpy as np
 from cardamage.config import Params
 from cardamage.data.images import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image
 from cardamage.data.masks import mask_to_instances
-from cardamage.errors import BadParameterError
+from cardamage.errors import BadParameterError, EmptyInputError
 from cardamage.fileio import write_bytes, write_json
 from cardamage.model.inference import predict_probs
 from cardamage.model.inputs import prepare_image, unfit
@@ -177,8 +177,9 @@ def predict_paths(paths: Sequence[str | os.PathLike], params: Params, out_dir: s
     p = params.predict
     files = expand_inputs(paths)
     if not files:
-        raise ValueError(f"predict: no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(x) for x in paths]}")
-    main = LoadedModel(*load_model(model_path or p.model_path), str(model_path or p.model_path))
+        raise EmptyInputError(f"predict: no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(x) for x in paths]}")
+    main_path = model_path or p.model_path
+    main = LoadedModel(*load_model(main_path, expect_classes=params.data.classes), str(main_path))
     part_path = part_model_path or p.part_model_path
     part = LoadedModel(*load_model(part_path), str(part_path)) if part_path else None
     return predict_files(files, main, params, Path(out_dir or p.out_dir), part)

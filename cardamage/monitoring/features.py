@@ -124,7 +124,7 @@ def file_info(path: str | os.PathLike) -> dict[str, float]:
         with Image.open(path) as img:
             quality = estimate_jpeg_quality(img.quantization) if img.format == "JPEG" else None
             orientation = img.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: not a readable image ({exc})") from exc
     return {"jpeg_quality": float(quality) if quality is not None else np.nan,
             "exif_orientation": int(orientation not in (None, 1))}

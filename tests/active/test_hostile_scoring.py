@@ -157,12 +157,14 @@ def test_score_refuses_a_model_for_other_classes(tiny_model_file, tmp_path):
     before = (tmp_path / "scores.parquet").read_bytes()
     parts = _other_classes_model(tiny_model_file, tmp_path / "parts.keras", ["headlamp", "door"])
     for command in (["score", str(pool), "--model", str(parts), "--force"],
-                    ["select", "--budget", "2", "--pool", str(pool), "--model", str(parts)]):
+                    ["select", "--budget", "2", "--pool", str(pool), "--model", str(parts)],
+                    ["predict", str(pool), "--model", str(parts), "--out", str(tmp_path / "predictions")]):
         result = _cli(tmp_path, tiny_model_file, *command)
         assert result.exit_code == 1, result.output
         assert "parts.keras" in result.output and "headlamp" in result.output and "data.classes" in result.output
         assert "Traceback" not in result.output
     assert (tmp_path / "scores.parquet").read_bytes() == before
+    assert not (tmp_path / "predictions").exists()
 
 
 def test_budget_zero_is_refused_before_anything_loads(tmp_path):
