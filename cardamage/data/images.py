@@ -160,6 +160,22 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None, max_side:
     return np.asarray(open_image(path, max_pixels, max_side), dtype=np.uint8)
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) without decoding pixels.
+
+    Pillow's ``getexif()`` loads a whole PNG to look for a late ``eXIf`` chunk; a PNG's EXIF is read
+    from the chunks before the pixel data instead.
+    """
+    if img.format == "PNG":
+        raw = img.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1) or 1)
+    return int(img.getexif().get(0x0112, 1) or 1)
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """Return ``(width, height)`` after EXIF orientation, reading only the header.
 
@@ -173,7 +189,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
+                orientation = _orientation(img)
     except Image.DecompressionBombError as exc:
         raise _bomb(p, pixel_limit(), exc) from None
     except PermissionError as exc:

@@ -119,20 +119,36 @@ def _plain_copy(model: keras.Model) -> keras.Model:
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """Read the :class:`ModelInfo` stored in a ``.keras`` file without building the network."""
+    """Read the :class:`ModelInfo` stored in a ``.keras`` file without building the network.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadInputError: not a readable ``.keras`` file (not a zip, cut short, bad CRC); the message names it.
+        ModelMismatchError: a Keras file without (usable) cardamage info.
+    """
+    import zlib
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: model file not found (train one with `cardamage train`)")
     try:
         with zipfile.ZipFile(p) as zf:
             config = json.loads(zf.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, zlib.error) as exc:  # JSON and Unicode errors too
         raise BadInputError(f"{p}: not a .keras model file ({exc})") from exc
-    data = config.get("config", {}).get("cardamage_info")
+    except OSError as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise BadInputError(f"{p}: the model file cannot be read ({exc})") from exc
+    inner = config.get("config") if isinstance(config, dict) else None
+    data = inner.get("cardamage_info") if isinstance(inner, dict) else None
     if not data:
         raise ModelMismatchError(f"{p}: not a cardamage model (no cardamage_info in its config; "
                          "save it with cardamage.model.io.save_model)")
-    return ModelInfo(**data)
+    try:
+        return ModelInfo(**data)
+    except TypeError as exc:
+        raise ModelMismatchError(f"{p}: unreadable cardamage_info in its config ({exc})") from exc
 
 
 def load_model(path: str | os.PathLike, expect_classes: Sequence[str] | None = None,
@@ -142,15 +158,25 @@ def load_model(path: str | os.PathLike, expect_classes: Sequence[str] | None = N
     Raises:
         ModelMismatchError: the stored classes or input size differ from the expected ones
             (the message names both), or not a cardamage model.
-        FileNotFoundError, BadInputError: missing file, or not a ``.keras`` file.
+        FileNotFoundError: a missing file.
+        BadInputError: not a ``.keras`` file, or one Keras cannot load (cut short, bad CRC, broken
+            weights): one line naming the file, with the original error chained.
     """
+    import zlib
+
     import keras
 
     import cardamage.model.heads  # noqa: F401  (registers SegmentationModel and KerasCV's classes)
 
     info = read_model_info(path)
     check_compatible(info, expect_classes, expect_input_size, source=str(path))
-    model = keras.saving.load_model(path, compile=False)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, zlib.error) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise BadInputError(f"{path}: the model file cannot be loaded ({reason})") from exc
     return model, info
 
 

@@ -2,8 +2,10 @@
 
 Endpoints: ``POST /v1/assess`` (multipart photos + optional ``claim_id``), ``GET /v1/splash/<id>.jpg``,
 ``GET /health``, ``GET /version``, the upload page at ``/`` (``/static/*``), and FastAPI's
-``/openapi.json`` and ``/docs``. The models are loaded once, at startup (lifespan), and reloaded in
-the background when the model file gets a new version (:mod:`.models`). Nothing happens at import.
+``/openapi.json`` and ``/docs``. The models are loaded once, at startup (``cardamage serve``: before
+the server listens; a process manager's factory: in the lifespan), and reloaded in the background
+when the model file gets a new version that fits ``data.classes`` / ``model.input_size``
+(:mod:`.models`). Nothing happens at import.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cardamage import __version__
 from cardamage.config import Params, load_params
+from cardamage.errors import BadParameterError
 from cardamage.monitoring.data_version import data_version
 from cardamage.service.claims import ClaimService
 from cardamage.service.logs import REQUEST_ID, configure_logging
@@ -38,7 +41,8 @@ STATIC = Path(__file__).parent / "static"
 ASSESS_PATH = "/v1/assess"
 ASSESS_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "An empty, truncated or corrupt photo (`error.files` names each)"},
-    413: {"description": "Over serve.max_upload_mb, over serve.max_photos_per_request, or too many pixels"},
+    413: {"description": "Over serve.max_upload_mb, over serve.max_photos_per_request, a photo over "
+                         "data.max_pixels or all photos over serve.max_request_pixels (`too_many_pixels`)"},
     415: {"description": "Not multipart/form-data, a part that is not an image, or an unsupported format"},
     422: {"description": "No `photos` field, or a `claim_id` over 128 characters"},
 }
@@ -100,7 +104,7 @@ def _add_routes(app: FastAPI, service: ClaimService, holder: ModelHolder, params
     def health() -> dict[str, Any]:
         m = holder.current()
         return {"status": "ok", "model_version": m.main.info.model_version, "reloads": holder.reloads,
-                "uptime_s": round(time.time() - started, 1)}
+                "model_reload": dict(holder.reload_state), "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/version", summary="Service, model and data versions")
     def version() -> dict[str, Any]:
@@ -113,21 +117,39 @@ def _add_routes(app: FastAPI, service: ClaimService, holder: ModelHolder, params
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
+def check_serve_params(params: Params) -> None:
+    """Raise :class:`BadParameterError` for working-size and pixel-budget values the service cannot use."""
+    s = params.serve
+    need = max(params.drift.max_side, params.model.input_size)
+    if s.max_side < need:
+        raise BadParameterError(f"serve.max_side: must be at least drift.max_side ({params.drift.max_side}) and "
+                                f"model.input_size ({params.model.input_size}), got {s.max_side}")
+    if s.max_request_pixels < 1:
+        raise BadParameterError(f"serve.max_request_pixels: must be >= 1, got {s.max_request_pixels}")
+
+
 def create_app(params: Params | None = None, model_path: str | None = None) -> FastAPI:
-    """Build the app; the models load when it starts (lifespan), not here.
+    """Build the app; the models load when it starts (lifespan, or :func:`run_server` before), not here.
+    Only the model files' stored info is read here (no TensorFlow), so a file that does not fit fails now.
 
     Raises:
         ValueError: a malformed settlement table.
+        BadParameterError: an unusable ``serve.max_side`` / ``serve.max_request_pixels``.
+        FileNotFoundError, BadInputError, ModelMismatchError: a missing or unreadable model file, or one
+            for other classes (``data.classes``) or another input size (``model.input_size``).
     """
     params = params or load_params()
     check_table(params.settlement)
+    check_serve_params(params)
     main, part = model_paths(params, model_path)
-    holder = ModelHolder(main, part, params.serve.reload_check_s)
+    holder = ModelHolder(main, part, params.serve.reload_check_s, params.data.classes, params.model.input_size)
+    holder.check_files()
     service = ClaimService(params, holder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder.load()
+        if not holder.loaded:
+            holder.load()
         holder.start()
         log.info("serving model %s (version %s)", main, holder.current().main.info.model_version)
         try:
@@ -155,10 +177,16 @@ def app_from_env() -> FastAPI:
 
 def run_server(params: Params, host: str | None = None, port: int | None = None,
                model_path: str | None = None) -> None:
-    """``cardamage serve``: build the app and run it on uvicorn until interrupted."""
+    """``cardamage serve``: build the app, load the models, and run it on uvicorn until interrupted.
+
+    Raises:
+        CardamageError, FileNotFoundError: a model file that does not fit or does not load (one line
+            naming the file), or unusable params: nothing listens then.
+    """
     import uvicorn
 
     configure_logging(params.serve.log_format)
     app = create_app(params, model_path)
+    app.state.holder.load()  # before listening: a file that does not load is one line (the CLI's Error:)
     uvicorn.run(app, host=host or params.serve.host, port=port or params.serve.port, log_config=None,
                 access_log=False, proxy_headers=True, timeout_graceful_shutdown=30)

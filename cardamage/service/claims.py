@@ -1,5 +1,9 @@
 """One claim request: decode, quality gate, model, assessment, pool, splash and settlement.
 
+Photos are decoded to the working size (``serve.max_side`` px on the longer side, see :mod:`.uploads`);
+the model, the assessment and the splash run on that grid, and the answer's coordinates and pixel
+areas are scaled back to the uploaded photo's own pixels.
+
 Photos that fail the quality gate are not assessed; the others are predicted in one batch (one
 model call per request, under a lock: the 2-core CPU is better used by one TensorFlow call at a
 time than by several fighting for it), assessed with :func:`cardamage.model.predict.assess`, stored in
@@ -11,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +56,28 @@ def splash_id(sha256: str, model_version: str) -> str:
     return hashlib.sha256(f"{sha256}:{model_version}".encode()).hexdigest()[:32]
 
 
+def to_photo_grid(result: dict[str, Any], width: int, height: int, sx: float, sy: float) -> None:
+    """Scale an assessment made on the working grid to the uploaded photo's grid (``width x height`` px), in place.
+
+    ``sx, sy``: photo px per working px. Polygons and boxes are scaled, pixel areas multiplied by
+    ``sx * sy``; shares and scores do not change.
+    """
+    result["width"], result["height"] = int(width), int(height)
+    if sx == 1.0 and sy == 1.0:
+        return
+    for inst in result.get("instances", []):
+        inst["area_px"] = int(round(inst["area_px"] * sx * sy))
+        x, y, w, h = inst["bbox"]
+        x0, y0 = math.floor(x * sx), math.floor(y * sy)
+        x1, y1 = min(int(width), math.ceil((x + w) * sx)), min(int(height), math.ceil((y + h) * sy))
+        inst["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+        inst["polygons"] = [[[round(min(px * sx, width), 1), round(min(py * sy, height), 1)] for px, py in poly]
+                            for poly in inst["polygons"]]
+    for part in result.get("parts", []):
+        part["visible_px"] = int(round(part["visible_px"] * sx * sy))
+        part["damaged_px"] = int(round(part["damaged_px"] * sx * sy))
+
+
 def encode_jpeg(rgb: np.ndarray) -> bytes:
     """JPEG bytes of an RGB ``uint8 [H, W, 3]`` picture."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -69,7 +96,7 @@ class ClaimService:
         self._infer_lock = threading.Lock()
 
     def predict(self, models: Models, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[Any]]:
-        """Full-resolution damage (and part) probabilities of ``images``, one model call at a time."""
+        """Damage (and part) probabilities ``float32 [h, w, C]`` on each image's own grid, one model call at a time."""
         if not images:
             return [], []
         with self._infer_lock:
@@ -79,8 +106,9 @@ class ClaimService:
 
     def assess_claim(self, uploads: Sequence[Upload], claim_id: str | None, request_id: str) -> dict[str, Any]:
         """The response of ``POST /v1/assess`` (raises :class:`~.uploads.UploadError` for bad uploads)."""
-        photos = decode_all(uploads, self.params.serve.max_photos_per_request)
-        verdicts = [check_photo(p.rgb, self.params.serve, self.params.drift.max_side) for p in photos]
+        serve = self.params.serve
+        photos = decode_all(uploads, serve.max_photos_per_request, serve.max_request_pixels, serve.max_side)
+        verdicts = [check_photo(p.rgb, serve, self.params.drift.max_side, (p.width, p.height)) for p in photos]
         models = self.holder.current()
         ok = [i for i, v in enumerate(verdicts) if v.ok]
         probs, part_probs = self.predict(models, [photos[i].rgb for i in ok])
@@ -99,7 +127,7 @@ class ClaimService:
     @staticmethod
     def _refused(i: int, photo: Photo, verdict: QualityVerdict) -> dict[str, Any]:
         return {"index": i, "filename": photo.filename, "sha256": photo.sha256, "assessed": False,
-                "width": int(photo.rgb.shape[1]), "height": int(photo.rgb.shape[0]), "quality": verdict.to_dict()}
+                "width": photo.width, "height": photo.height, "quality": verdict.to_dict()}
 
     def _assessed(self, i: int, photo: Photo, verdict: QualityVerdict, models: Models, probs: np.ndarray,
                   part_probs: np.ndarray | None, claim_id: str | None, request_id: str) -> dict[str, Any]:
@@ -107,6 +135,7 @@ class ClaimService:
         result, splash = assess(photo.rgb, probs, models.main, self.params, part_probs, parts)
         if part_probs is not None:
             instance_parts(result["instances"], part_probs, parts)
+        to_photo_grid(result, photo.width, photo.height, *photo.scale)
         sid = splash_id(photo.sha256, models.main.info.model_version)
         self.splashes.save(sid, encode_jpeg(splash))
         stored = self.incoming.save_photo(photo.data, photo.sha256, photo.suffix)

@@ -1,10 +1,12 @@
 """Photo quality gate of the claim service: is this a usable photo of a car, before the model sees it?
 
 The measures are :mod:`cardamage.monitoring.features`' own (brightness, contrast, sharpness on the photo
-downsized to ``drift.max_side`` pixels, width and height of the original), so a photo refused here
-is refused for the same reason the drift report would flag it. Two colour measures tell a camera
-photo from a screenshot or a drawing: the number of distinct RGB colours (a photo has thousands,
-sensor noise alone gives them) and the share of pixels in the 16 commonest colours (flat UI areas).
+downsized to ``drift.max_side`` pixels, width and height of the original from its header), so a
+photo refused here is refused for the same reason the drift report would flag it. The service
+decodes photos to ``serve.max_side`` px, never below ``drift.max_side``, so the measures match.
+Two colour measures tell a camera photo from a screenshot or a drawing: the number of distinct RGB
+colours (a photo has thousands, sensor noise alone gives them) and the share of pixels in the 16
+commonest colours (flat UI areas).
 
 Calibration (the 8 + 78 sample photos and 150 bilgi-car-damage photos, at 512 px): brightness
 42-194, contrast >= 22, sharpness >= 19, >= 3,894 colours, 16-colour share <= 0.58; a Gaussian blur
@@ -63,12 +65,17 @@ def colour_measures(rgb: np.ndarray, top: int = 16) -> dict[str, float]:
     return {"colours": float(counts.size), "flat_share": float(counts[-top:].sum() / max(keys.size, 1))}
 
 
-def measure(rgb: np.ndarray, max_side: int = 512) -> dict[str, float]:
-    """Quality measures of an RGB photo ``uint8 [H, W, 3]``: width/height of the original (px), and
+def measure(rgb: np.ndarray, max_side: int = 512, size: tuple[int, int] | None = None) -> dict[str, float]:
+    """Quality measures of an RGB photo ``uint8 [h, w, 3]``: width/height of the original (px), and
     brightness, contrast (0-255), sharpness (grey levels squared), colours, flat_share on the photo
-    downsized to ``max_side`` px (as :func:`cardamage.monitoring.features.photo_features` does)."""
+    downsized to ``max_side`` px (as :func:`cardamage.monitoring.features.photo_features` does).
+
+    Args:
+        size: ``(width, height)`` of the original photo in px when ``rgb`` was decoded smaller (the
+            service's working size, at least ``max_side``); ``None``: ``rgb`` is the original.
+    """
     small = downsize(rgb, max_side)
-    height, width = rgb.shape[:2]
+    width, height = size if size is not None else (rgb.shape[1], rgb.shape[0])
     stats = pixel_stats(small)
     out = {"width": float(width), "height": float(height)}
     out.update({k: stats[k] for k in ("brightness", "contrast", "sharpness")})
@@ -100,8 +107,10 @@ def judge(m: dict[str, float], p: ServeParams) -> list[dict[str, Any]]:
     return next(([_problem(code, value, limit)] for code, value, limit, failed in checks if failed), [])
 
 
-def check_photo(rgb: np.ndarray, p: ServeParams, max_side: int = 512) -> QualityVerdict:
-    """The gate for one decoded photo ``uint8 [H, W, 3]`` RGB."""
-    m = measure(rgb, max_side)
+def check_photo(rgb: np.ndarray, p: ServeParams, max_side: int = 512,
+                size: tuple[int, int] | None = None) -> QualityVerdict:
+    """The gate for one decoded photo ``uint8 [h, w, 3]`` RGB; ``size``: the original ``(width, height)`` in px
+    when ``rgb`` is a reduced decode (see :func:`measure`)."""
+    m = measure(rgb, max_side, size)
     problems = judge(m, p)
     return QualityVerdict(ok=not problems, problems=problems, measures=m)

@@ -81,3 +81,22 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_list_images_sorted():
     files = list_images(SAMPLE / "test")
     assert len(files) == 8 and files == sorted(files)
+
+
+def test_image_size_of_a_png_reads_only_the_header(tmp_path):
+    """Pillow's ``getexif()`` decodes a whole PNG (~120 MB here); ``image_size`` must not."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (6000, 5000), (40, 80, 120)).save(path)  # 90 MB of pixels in a small file
+    code = ("import resource, sys; from cardamage.data.images import image_size; "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; size = image_size(sys.argv[1]); "
+            "print(size[0], size[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out[:2] == ["6000", "5000"]
+    assert int(out[2]) < 20_000, f"image_size grew the process by {int(out[2]) / 1000:.0f} MB"

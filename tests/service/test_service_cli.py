@@ -1,7 +1,8 @@
 """Code tier: ``cardamage serve`` wiring, the app factory for process managers, and the JSON log format.
 
-The server itself runs for real in test_service_api.py; here uvicorn.run is replaced so the command's
-options can be checked without loading TensorFlow.
+The server itself runs for real in test_service_api.py; here uvicorn.run and the model loading are
+replaced so the command's options can be checked without loading TensorFlow (the model file holds only
+its cardamage info, which the service checks before loading).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -30,14 +33,24 @@ def restore_logging():
 def fake_uvicorn(monkeypatch, restore_logging):
     import uvicorn
 
+    from cardamage.service.models import ModelHolder
+
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(ModelHolder, "load", lambda self: None)
     return calls
 
 
+def info_only_model(path: Path, classes: list[str] | None = None, input_size: int = 256) -> Path:
+    """A ``.keras`` zip with only the cardamage info in its config (what the service reads before loading)."""
+    info = {"classes": classes or ["damage"], "input_size": input_size, "model_version": "test"}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps({"config": {"cardamage_info": info}}))
+    return path
+
+
 def test_serve_passes_host_port_and_model(fake_uvicorn, tmp_path):
-    model = tmp_path / "m.keras"
-    model.write_bytes(b"only its existence is checked here")
+    model = info_only_model(tmp_path / "m.keras")
     result = CliRunner().invoke(main, ["serve", "--port", "8123", "--model", str(model),
                                        "--set", "serve.host=0.0.0.0", "--set", "serve.log_format=text"])
     assert result.exit_code == 0, result.output
@@ -51,6 +64,13 @@ def test_serve_rejects_a_bad_price_table(fake_uvicorn):
     assert result.exit_code != 0 and "settlement.band_edges" in result.output and not fake_uvicorn
 
 
+def test_serve_refuses_a_working_size_below_the_drift_size(fake_uvicorn, tmp_path):
+    result = CliRunner().invoke(main, ["serve", "--model", str(info_only_model(tmp_path / "m.keras")),
+                                       "--set", "serve.max_side=300"])
+    assert result.exit_code != 0 and not fake_uvicorn
+    assert "serve.max_side" in result.output and "drift.max_side (512)" in result.output
+
+
 def test_serve_help_lists_the_options():
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0 and all(opt in result.output for opt in ("--host", "--port", "--model"))
@@ -60,7 +80,7 @@ def test_factory_reads_the_environment(monkeypatch, tmp_path, restore_logging):
     from cardamage.service.app import app_from_env
 
     monkeypatch.setenv("CARDAMAGE_PARAMS", str(REPO / "params.yaml"))
-    monkeypatch.setenv("CARDAMAGE_MODEL", str(tmp_path / "served.keras"))
+    monkeypatch.setenv("CARDAMAGE_MODEL", str(info_only_model(tmp_path / "served.keras")))
     app = app_from_env()
     assert app.state.holder.path == str(tmp_path / "served.keras")
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import struct
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +62,7 @@ def service_params(tmp: Path, model: Path, part_model: Path | None = None, **ser
     params.predict.part_model_path = None
     params.serve.incoming_dir, params.serve.splash_dir = str(tmp / "incoming"), str(tmp / "splash")
     params.serve.reload_check_s = 0
+    params.data.classes, params.model.input_size = ["damage"], 64  # what the tiny damage model is
     params.predict.threshold = 0.3
     for key, value in serve.items():
         setattr(params.serve, key, value)
@@ -112,3 +116,49 @@ def screenshot(size: tuple[int, int] = (800, 600)) -> Image.Image:
     for i in range(20):
         draw.text((20, 70 + 24 * i), f"Claim form, field {i}: lorem ipsum dolor sit amet", fill=(20, 20, 20))
     return img
+
+
+def textured_png(width: int, height: int, block: int = 16, seed: int = 0) -> bytes:
+    """A ``width`` x ``height`` RGB PNG of a few hundred kB that passes the quality gate.
+
+    Pixel ``(r, c)`` is ``rows[r] + cols[c]`` (random per ``block`` px, 0-127 each): every row differs
+    from the one above by one constant, so with the PNG "Up" filter each row is a run that deflate
+    packs into a few bytes. Written row by row: no full-size array is made here (8000x8000: 0.2 MB, 1 s).
+    """
+    rng = np.random.default_rng(seed)
+    cols = np.repeat(rng.integers(0, 128, (width // block + 1, 3), dtype=np.uint8), block, axis=0)[:width]
+    rows = np.repeat(rng.integers(0, 128, (height // block + 1, 3), dtype=np.uint8), block, axis=0)[:height]
+    comp = zlib.compressobj(6)
+    parts = [comp.compress(b"\0" + (cols + rows[0]).tobytes())]
+    same = b"\2" + bytes(3 * width)
+    for r in range(1, height):
+        step = rows[r] - rows[r - 1]
+        parts.append(comp.compress(same if not step.any() else b"\2" + np.tile(step, width).tobytes()))
+    parts.append(comp.flush())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def corrupt_model(source: Path, target: Path, how: str) -> Path:
+    """Write a broken copy of a ``.keras`` file: ``bad_crc`` (64 zeroed bytes inside the weights member,
+    the zip directory intact) or ``truncated`` (the first half of the file, as a copy cut short)."""
+    data = bytearray(Path(source).read_bytes())
+    if how == "bad_crc":
+        with zipfile.ZipFile(source) as zf:
+            member = next(i for i in zf.infolist() if i.filename.endswith(".h5"))
+        name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+        start = member.header_offset + 30 + name_len + extra_len  # the member's bytes, after its local header
+        middle = start + member.compress_size // 2
+        data[middle:middle + 64] = bytes(64)
+    elif how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        raise ValueError(how)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(bytes(data))
+    tmp.replace(target)
+    return target
