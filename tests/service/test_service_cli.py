@@ -41,9 +41,15 @@ def fake_uvicorn(monkeypatch, restore_logging):
     return calls
 
 
-def info_only_model(path: Path, classes: list[str] | None = None, input_size: int = 256) -> Path:
-    """A ``.keras`` zip with only the cardamage info in its config (what the service reads before loading)."""
-    info = {"classes": classes or ["damage"], "input_size": input_size, "model_version": "test"}
+def info_only_model(path: Path, classes: list[str] | None = None, input_size: int | None = None) -> Path:
+    """A ``.keras`` zip with only the cardamage info in its config (what the service reads before loading).
+
+    ``input_size`` defaults to the params' ``model.input_size``.
+    """
+    from cardamage.config import ModelParams
+
+    size = ModelParams().input_size if input_size is None else input_size
+    info = {"classes": classes or ["damage"], "input_size": size, "model_version": "test"}
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("config.json", json.dumps({"config": {"cardamage_info": info}}))
     return path
