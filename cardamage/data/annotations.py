@@ -8,9 +8,11 @@ float pairs, not closed (the first point is not repeated at the end).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from cardamage.errors import BadInputError
 
@@ -143,6 +145,8 @@ def safe_relative_path(name: str, source: str | Path = "annotation file") -> str
     Raises:
         AnnotationError: for absolute paths, drive letters, URLs with schemes, or ``..`` parts.
     """
+    if "\x00" in name:
+        raise AnnotationError(f"{source}: image name {name!r:.80} contains a NUL character")
     cleaned = name.replace("\\", "/")
     pure = PurePosixPath(cleaned)
     if cleaned.startswith("/") or (len(cleaned) > 1 and cleaned[1] == ":") or "://" in cleaned:
@@ -154,3 +158,12 @@ def safe_relative_path(name: str, source: str | Path = "annotation file") -> str
     if not parts:
         raise AnnotationError(f"{source}: empty image name")
     return "/".join(parts)
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path(path).is_file()`` that answers ``False`` instead of raising for names the OS refuses
+    (too long, NUL bytes, unencodable, permission denied on a parent folder)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False

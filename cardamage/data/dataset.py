@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord
+from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, is_file
 from cardamage.data.images import ImageLoadError, image_size, list_images
+from cardamage.data.warnings_summary import WarningSummary
 
 log = logging.getLogger(__name__)
 
@@ -85,59 +86,74 @@ def _read_part(ann: Path, folder: Path, root: Path, split: str | None, category_
     part = read_annotations(ann, category_key=category_key, root=folder, classes=classes)
     prefix = folder.relative_to(root).as_posix() if folder != root else ""
     source = ann.relative_to(root).as_posix()
-    issues = part.meta.setdefault("issues", [])
+    warnings = WarningSummary(source, log)
     kept = []
     for record in part.images:
         file = folder / record.path
-        if not file.is_file():
-            _warn(issues, f"{source}: image {record.path!r} is annotated but {file} does not exist; record dropped")
+        if not is_file(file):
+            warnings.warn(f"{source}: image {record.path!r} is annotated but {file} does not exist; record dropped",
+                          kind="missing image")
             continue
         record.path = f"{prefix}/{record.path}" if prefix else record.path
         record.split, record.source = split, source
-        _fill_size(record, file, source, issues)
-        _clip(record, source, issues)
+        _fill_size(record, file, source, warnings)
+        _clip(record, source, warnings)
         kept.append(record)
+    warnings.summarize()
     part.images = kept
+    part.meta.setdefault("issues", []).extend(warnings.messages)
     part.meta["annotation_files"] = {split or "": source}
     return part
 
 
-def _warn(issues: list[str], message: str) -> None:
-    log.warning("%s", message)
-    issues.append(message)
+def _fill_size(record: ImageRecord, file: Path, source: str, warnings: WarningSummary) -> None:
+    """Width/height from the file header; warn when the annotation's size disagrees (the annotation's is
+    kept, unless it is over the photo pixel budget: a declared size is never trusted for memory)."""
+    from cardamage.data.images import pixel_limit
 
-
-def _fill_size(record: ImageRecord, file: Path, source: str, issues: list[str]) -> None:
-    """Width/height from the file header; warn when the annotation's size disagrees."""
     try:
         width, height = image_size(file)
     except ImageLoadError as exc:
-        _warn(issues, f"{source}: {exc}")
+        warnings.warn(f"{source}: {exc}", kind="unreadable image")
         return
     if record.width is None or record.height is None:
         record.width, record.height = width, height
+    elif record.width * record.height > pixel_limit():
+        warnings.warn(f"{source}: image {record.path!r}: annotation says {record.width}x{record.height}, over the "
+                      f"{pixel_limit()}-pixel limit; the file's {width}x{height} is used", kind="size mismatch")
+        record.width, record.height = width, height
     elif (record.width, record.height) != (width, height):
-        _warn(issues, f"{source}: image {record.path!r}: annotation says {record.width}x{record.height} "
-                      f"but the file is {width}x{height}")
+        warnings.warn(f"{source}: image {record.path!r}: annotation says {record.width}x{record.height} "
+                      f"but the file is {width}x{height}", kind="size mismatch")
 
 
-def _clip(record: ImageRecord, source: str, issues: list[str]) -> None:
-    """Clip polygon points (pixels) to the image; drop polygons that collapse below 3 points."""
+def _clip(record: ImageRecord, source: str, warnings: WarningSummary) -> None:
+    """Clip polygon points (pixels) to the image; drop polygons that collapse below 3 points, and
+    masks (RLE) that are malformed or of another size than the image."""
+    from cardamage.data.masks import clamp_polygon
+    from cardamage.data.rle import RLEError, check_rle
+
     if not record.width or not record.height:
         return
-    w, h = float(record.width), float(record.height)
+    where = f"{source}: image {record.path!r}"
     for inst in record.instances:
         polygons = []
         for poly in inst.polygons:
-            clipped = [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly]
+            clipped = clamp_polygon(poly, record.width, record.height)
             if clipped != poly:
-                _warn(issues, f"{source}: image {record.path!r}: {inst.category!r} polygon points outside the "
-                              f"{record.width}x{record.height} image were clipped")
+                warnings.warn(f"{where}: {inst.category!r} polygon points outside the "
+                              f"{record.width}x{record.height} image were clipped", kind="clipped polygon")
             if len(set(clipped)) >= 3:
                 polygons.append(clipped)
             else:
-                _warn(issues, f"{source}: image {record.path!r}: polygon collapsed after clipping; dropped")
+                warnings.warn(f"{where}: polygon collapsed after clipping; dropped", kind="unusable polygon")
         inst.polygons = polygons
+        if inst.rle is not None:
+            try:
+                inst.rle = check_rle(inst.rle, f"{where}: {inst.category!r} mask", record.height, record.width)
+            except RLEError as exc:
+                warnings.warn(f"{exc}; mask dropped", kind="unusable mask")
+                inst.rle = None
     record.instances = [i for i in record.instances if i.polygons or i.rle is not None]
 
 
@@ -159,6 +175,7 @@ def _add_unlabelled(dataset: Dataset, folder: Path, root: Path, split: str | Non
     """Add the images under ``folder`` that no annotation mentions, as ``labelled=False`` records."""
     known = {r.path for r in dataset.images}
     added = []
+    warnings = WarningSummary(str(folder), log)
     for file in list_images(folder):
         rel = file.relative_to(root).as_posix()
         if rel in known:
@@ -167,13 +184,15 @@ def _add_unlabelled(dataset: Dataset, folder: Path, root: Path, split: str | Non
         try:
             record.width, record.height = image_size(file)
         except ImageLoadError as exc:
-            log.warning("%s", exc)
+            warnings.warn(str(exc), kind="unreadable image")
         dataset.images.append(record)
         added.append(rel)
+    warnings.summarize()
     if added and ann is not None:
-        _warn(dataset.meta.setdefault("issues", []),
-              f"{ann.relative_to(root).as_posix()}: {len(added)} image(s) in {folder} have no annotation "
-              f"(e.g. {', '.join(added[:3])}); kept as unlabelled")
+        message = (f"{ann.relative_to(root).as_posix()}: {len(added)} image(s) in {folder} have no annotation "
+                   f"(e.g. {', '.join(added[:3])}); kept as unlabelled")
+        log.warning("%s", message)
+        dataset.meta.setdefault("issues", []).append(message)
     elif added:
         log.info("%s: %d unlabelled image(s)", folder, len(added))
 

@@ -69,6 +69,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _check_file(p: Path) -> None:
+    try:
+        _check_stat(p)
+    except ImageLoadError:
+        raise
+    except OSError as exc:  # a name the OS refuses (too long, bad bytes), an I/O error
+        raise ImageLoadError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _check_stat(p: Path) -> None:
     if not p.exists():
         raise ImageLoadError(f"{p}: file not found")
     if not p.is_file():

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from cardamage.data.annotations import Dataset
 from cardamage.config import DataParams
+from cardamage.data.annotations import Dataset, is_file
 from cardamage.data.dedup import find_duplicates, hash_files
 from cardamage.data.masks import polygon_area
 
@@ -55,7 +55,7 @@ def _geometry(dataset: Dataset) -> dict[str, Any]:
 
 def _duplicates(dataset: Dataset, max_distance: int) -> list[dict[str, Any]]:
     root = Path(dataset.root or ".")
-    names = [img.path for img in dataset.images if (root / img.path).is_file()]
+    names = [img.path for img in dataset.images if is_file(root / img.path)]
     shas, hashes = hash_files(root / n for n in names)
     by_name = dataset.by_path()
     for name, sha in zip(names, shas):
@@ -74,17 +74,29 @@ def _duplicates(dataset: Dataset, max_distance: int) -> list[dict[str, Any]]:
 
 
 def dataset_stats(path: str | Path, data: DataParams) -> dict[str, Any]:
-    """Statistics of a dataset as a JSON-able dict (see :func:`format_stats` for the text view)."""
-    dataset = open_dataset(path, data)
+    """Statistics of a dataset as a JSON-able dict (see :func:`format_stats` for the text view).
+
+    Images listed by the annotations whose photo file does not exist are reported under
+    ``missing_images`` (with ``missing_instances``, their instance count) and left out of every
+    other count: ``images`` = labelled + unlabelled + missing.
+    """
+    listed = open_dataset(path, data)
+    root = Path(listed.root or ".")
+    missing = [img for img in listed.images if not is_file(root / img.path)]
+    missing_paths = {img.path for img in missing}
+    dataset = Dataset(images=[img for img in listed.images if img.path not in missing_paths],
+                      categories=listed.categories, root=listed.root, meta=listed.meta)
     labelled = [img for img in dataset.images if img.labelled]
     per_category = Counter(inst.category for _, inst in dataset.instances())
     images_per_category = Counter(c for img in labelled for c in {i.category for i in img.instances})
     splits = Counter(img.split or "-" for img in dataset.images)
     return {
         "path": str(path),
-        "images": len(dataset.images),
+        "images": len(listed.images),
         "labelled_images": len(labelled),
         "unlabelled_images": sorted(img.path for img in dataset.images if not img.labelled),
+        "missing_images": sorted(missing_paths),
+        "missing_instances": sum(len(img.instances) for img in missing),
         "images_without_instances": sorted(img.path for img in labelled if not img.instances),
         "images_per_split": dict(sorted(splits.items())),
         "instances": sum(per_category.values()),
@@ -100,7 +112,8 @@ def format_stats(s: dict[str, Any]) -> str:
     """Human-readable multi-line summary of :func:`dataset_stats`."""
     lines = [f"dataset: {s['path']}",
              f"images: {s['images']} ({s['labelled_images']} labelled, "
-             f"{len(s['unlabelled_images'])} without labels)  splits: {s['images_per_split']}",
+             f"{len(s['unlabelled_images'])} without labels, {len(s.get('missing_images', []))} missing)  "
+             f"splits: {s['images_per_split']}",
              f"instances: {s['instances']}"]
     for cat, n in s["instances_per_category"].items():
         lines.append(f"  {cat:<20} {n:>6} instances in {s['images_per_category'].get(cat, 0)} images")
@@ -109,6 +122,11 @@ def format_stats(s: dict[str, Any]) -> str:
         d = s[key]
         lines.append(f"{key}: min {d['min']:.4g}  median {d['median']:.4g}  mean {d['mean']:.4g}  "
                      f"p95 {d['p95']:.4g}  max {d['max']:.4g}{unit}")
+    missing = s.get("missing_images", [])
+    if missing:
+        lines.append(f"missing photos (annotated, file not found; not counted above): {len(missing)} "
+                     f"with {s.get('missing_instances', 0)} instances ({', '.join(missing[:10])}"
+                     f"{', ...' if len(missing) > 10 else ''})")
     empty = s["images_without_instances"]
     lines.append(f"labelled images with no instances: {len(empty)}" + (f" ({', '.join(empty[:10])})" if empty else ""))
     lines.append(f"duplicates: {len(s['duplicates'])}")

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, SAMPLE
 from PIL import Image
 
 from cardamage.active import scores_store
 from cardamage.active.pool import HashCache, build_pool
 from cardamage.config import DataParams, ScoreParams
-from conftest import REPO, SAMPLE
 
 
 def forged_png(path: Path, width: int, height: int) -> Path:
@@ -93,7 +93,7 @@ def test_decompression_bomb_in_pool_is_skipped_by_name(tiny_model_file, tmp_path
 def test_pixel_budget_from_params_applies_to_the_pool(tiny_model_file, tmp_path):
     pool = _pool(tmp_path)
     big = pool / "big.png"
-    Image.new("RGB", (1200, 1000), (90, 90, 90)).save(big)  # 1.2 MP: over a 1.1 MP budget (the sample photos have 1.05 MP)
+    Image.new("RGB", (1200, 1000), (90, 90, 90)).save(big)  # 1.2 MP: over 1.1 MP (sample photos: 1.05 MP)
     result = _cli(tmp_path, tiny_model_file, "score", str(pool), **{"data.max_pixels": "1100000"})
     assert result.exit_code == 0, result.output
     paths = pd.read_parquet(tmp_path / "scores.parquet")["path"]

@@ -18,8 +18,12 @@ all come from the registry.
 
 The canonical model (:mod:`cardamage.data.annotations`) is always in pixels; Label Studio's percent
 coordinates are converted at the boundary. Readers log a warning (and append it to
-``Dataset.meta["issues"]``) for every record they skip, clip or repair; they raise
+``Dataset.meta["issues"]``) for every record they skip, clip or repair, naming the file, the entry
+and the field; past the first few of a kind per file they log one summary line instead
+(:mod:`cardamage.data.warnings_summary`). They raise
 :class:`~cardamage.data.annotations.AnnotationError` only when the whole file cannot be used.
+Well-formed JSON of the wrong shape (an id that is a list, a ``value`` that is a string) is such a
+record, never a traceback; writers clip polygons to the image and drop masks of another size, warned.
 
 The helpers below the public functions are shared by the format modules. Nothing is imported
 from the format modules until the registry is first used.
@@ -28,13 +32,25 @@ from the format modules until the registry is first used.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import reprlib
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Polygon
-from cardamage.data.formats.registry import (Format, ReadRequest, format_names, formats, get_format,
-                                             register_format, unregister_format)
+from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance, Polygon, is_file
+from cardamage.data.formats.registry import (
+    Format,
+    ReadRequest,
+    format_names,
+    formats,
+    get_format,
+    register_format,
+    unregister_format,
+)
+from cardamage.data.warnings_summary import WarningSummary
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +89,13 @@ def read_annotations(path: str | os.PathLike, category_key: str | None = None,
     from cardamage.data.formats.detect import detect
 
     p = Path(path)
-    fmt, data = detect(p)
     base = Path(root) if root is not None else p.parent
-    dataset = fmt.read(ReadRequest(path=p, data=data, root=base, category_key=category_key,
-                                   predictions=predictions))
+    try:
+        fmt, data = detect(p)
+        dataset = fmt.read(ReadRequest(path=p, data=data, root=base, category_key=category_key,
+                                       predictions=predictions))
+    except RecursionError as exc:
+        raise AnnotationError(f"{p}: JSON nested too deeply to read ({exc})") from None
     dataset.meta["format"] = fmt.name
     dataset.root = base
     if classes is not None:
@@ -93,25 +112,76 @@ def write_annotations(dataset: Dataset, path: str | os.PathLike, fmt: str, **opt
     writable = format_names(writable=True)
     if fmt not in writable:
         raise AnnotationError(f"unknown output format {fmt!r}; choose one of {', '.join(writable)}")
-    return get_format(fmt).write(dataset, Path(path), **options)
+    try:
+        return get_format(fmt).write(dataset, Path(path), **options)
+    except RecursionError:
+        raise AnnotationError(f"{path}: attributes nested too deeply to write as {fmt}") from None
+    except UnicodeEncodeError as exc:
+        raise AnnotationError(f"{path}: text {describe(exc.object[exc.start:exc.end])} cannot be written as "
+                              f"UTF-8 ({exc.reason})") from None
 
 
 # --- helpers shared by the format modules ------------------------------------------------------
 
 
-class Issues:
-    """Warnings raised while reading one file: each is logged and kept in :attr:`messages`."""
+class Issues(WarningSummary):
+    """Warnings raised while reading (or writing) one file: logged, kept in :attr:`messages`, and
+    summarised per kind after the first few (:class:`~cardamage.data.warnings_summary.WarningSummary`)."""
 
     def __init__(self, source: str, logger: logging.Logger = log) -> None:
-        self.source = source
-        self.logger = logger
-        self.messages: list[str] = []
+        super().__init__(source, logger)
 
-    def warn(self, message: str, prefix: bool = True) -> None:
-        """Log ``"<source>: <message>"`` (or ``message`` alone) at WARNING and remember it."""
-        text = f"{self.source}: {message}" if prefix else message
-        self.logger.warning("%s", text)
-        self.messages.append(text)
+    def warn(self, message: str, prefix: bool = True, kind: str = "other") -> None:  # type: ignore[override]
+        """Log ``"<source>: <message>"`` (or ``message`` alone) at WARNING and remember it.
+
+        ``kind`` groups warnings for the summary line (``... and N more <kind> warnings in <file>``).
+        """
+        super().warn(f"{self.source}: {message}" if prefix else message, kind)
+
+    def polygon_warning(self, message: str, kind: str) -> None:
+        """:data:`cardamage.data.masks.Warn` callback: ``message`` already names the file."""
+        self.warn(message, prefix=False, kind=kind)
+
+
+#: Largest image side accepted from an annotation file, in pixels (no camera comes near it).
+MAX_SIDE = 1_000_000
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 2, 3, 4, 50, 30
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short ``repr`` of a value read from a file, for messages: long or deep values are cut
+    (in constant time and stack depth, whatever the value's size or nesting)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def scalar_id(value: Any) -> int | float | str | None:
+    """``value`` if it can be an id (a number or a string, not a boolean), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    return value
+
+
+def as_number(value: Any) -> float | None:
+    """A finite number from a JSON number or numeric string, else ``None`` (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number_ = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number_ if math.isfinite(number_) else None
+
+
+def pixel_size(value: Any) -> int | None:
+    """An image width or height: a whole number of pixels in ``1 .. MAX_SIDE``, else ``None``."""
+    number_ = as_number(value)
+    if number_ is None or not number_.is_integer() or not 1 <= number_ <= MAX_SIDE:
+        return None
+    return int(number_)
 
 
 def clean_polygon(points: Sequence[Sequence[float]], width: int | None, height: int | None,
@@ -124,12 +194,51 @@ def clean_polygon(points: Sequence[Sequence[float]], width: int | None, height: 
     from cardamage.data.masks import PolygonError, validate_polygon
 
     try:
-        return validate_polygon([(float(x), float(y)) for x, y in points], width, height,
-                                where=f"{issues.source}: {where}")
-    except (PolygonError, TypeError, ValueError) as exc:
-        message = str(exc) if isinstance(exc, PolygonError) else f"{issues.source}: {where}: bad points ({exc})"
-        issues.warn(f"{message}; region skipped", prefix=False)
+        return validate_polygon(points, width, height, where=f"{issues.source}: {where}",
+                                warn=issues.polygon_warning)
+    except PolygonError as exc:
+        issues.warn(f"{exc}; region skipped", prefix=False, kind="unusable polygon")
         return None
+
+
+def fitted_instances(record: ImageRecord, size: tuple[int, int] | None, issues: Issues) -> list[Instance]:
+    """The record's instances as a writer should write them, for an image of ``size = (width, height)``.
+
+    Polygon points outside the image are clipped (warned; the caller's instances are not changed),
+    polygons that collapse are dropped, and masks that are malformed or of another size than the
+    image are dropped (warned). With ``size`` unknown, masks are only checked.
+    """
+    from cardamage.data.masks import RLEError, check_rle, clamp_polygon
+
+    kept = []
+    for n, inst in enumerate(record.instances):
+        where = f"image {record.path!r} instance {n} ({inst.category!r})"
+        if inst.rle is not None and not inst.polygons:
+            try:
+                rle = check_rle(inst.rle, f"{issues.source}: {where}", *(reversed(size) if size else ()))
+            except RLEError as exc:
+                issues.warn(f"{exc}; mask not written", prefix=False, kind="unusable mask")
+                continue
+            kept.append(replace(inst, rle=rle))
+            continue
+        if size is None:
+            kept.append(inst)
+            continue
+        polygons = []
+        for k, poly in enumerate(inst.polygons):
+            points = [(float(x), float(y)) for x, y in poly]
+            clipped = clamp_polygon(points, *size)
+            if clipped != points:
+                issues.warn(f"{where} polygon {k}: points outside the {size[0]}x{size[1]} image were clipped",
+                            kind="clipped polygon")
+            if len(set(clipped)) >= 3:
+                polygons.append(clipped)
+            else:
+                issues.warn(f"{where} polygon {k}: lies outside the {size[0]}x{size[1]} image; not written",
+                            kind="unusable polygon")
+        if polygons or inst.rle is not None:
+            kept.append(replace(inst, polygons=polygons))
+    return kept
 
 
 def finish_dataset(dataset: Dataset, issues: Issues) -> Dataset:
@@ -140,12 +249,14 @@ def finish_dataset(dataset: Dataset, issues: Issues) -> Dataset:
         if first is None:
             kept[record.path] = record
             continue
-        issues.warn(f"image {record.path!r} is listed more than once; its regions were merged")
+        issues.warn(f"image {record.path!r} is listed more than once; its regions were merged",
+                    kind="duplicate image")
         first.instances.extend(record.instances)
         first.labelled = first.labelled or record.labelled
         first.attributes = {**record.attributes, **first.attributes}
     dataset.images = list(kept.values())
     dataset.ensure_categories()
+    issues.summarize()
     dataset.meta.setdefault("issues", []).extend(issues.messages)
     return dataset
 
@@ -158,9 +269,10 @@ def restrict_categories(dataset: Dataset, classes: Sequence[str], issues: Issues
         unknown = sorted({i.category for i in record.instances if i.category not in allowed})
         if unknown:
             issues.warn(f"image {record.path!r}: unknown category {', '.join(map(repr, unknown))} "
-                        f"(classes: {', '.join(classes)}); instance(s) dropped")
+                        f"(classes: {', '.join(classes)}); instance(s) dropped", kind="unknown category")
             record.instances = [i for i in record.instances if i.category in allowed]
     dataset.categories = list(classes)
+    issues.summarize()
     dataset.meta.setdefault("issues", []).extend(issues.messages[start:])
 
 
@@ -169,21 +281,24 @@ def image_file(dataset: Dataset, record: ImageRecord) -> Path | None:
     return None if dataset.root is None else Path(dataset.root) / record.path
 
 
-def record_size(dataset: Dataset, record: ImageRecord) -> tuple[int, int] | None:
+def record_size(dataset: Dataset, record: ImageRecord, issues: Issues | None = None) -> tuple[int, int] | None:
     """``(width, height)`` in pixels from the record, else from the image file header, else ``None``.
 
-    Does not modify the record.
+    Does not modify the record. An unreadable image is warned about through ``issues`` (if given).
     """
     from cardamage.data.images import ImageLoadError, image_size
 
     if record.width and record.height:
         return int(record.width), int(record.height)
     path = image_file(dataset, record)
-    if path is not None and path.is_file():
+    if path is not None and is_file(path):
         try:
             return image_size(path)
         except ImageLoadError as exc:
-            log.warning("%s", exc)
+            if issues is None:
+                log.warning("%s", exc)
+            else:
+                issues.warn(str(exc), prefix=False, kind="unreadable image")
     return None
 
 
@@ -192,7 +307,10 @@ def record_file_size(dataset: Dataset, record: ImageRecord) -> int:
     if record.file_size is not None and record.file_size >= 0:
         return int(record.file_size)
     path = image_file(dataset, record)
-    return path.stat().st_size if path is not None and path.is_file() else -1
+    try:
+        return path.stat().st_size if path is not None and is_file(path) else -1
+    except OSError:
+        return -1
 
 
 def number(value: float, digits: int = 4) -> int | float:

@@ -15,11 +15,24 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
-from cardamage.data.annotations import Dataset, ImageRecord, Instance, Polygon, safe_relative_path
-from cardamage.fileio import write_json
-from cardamage.data.masks import PolygonError, unflatten
-from cardamage.data.formats import Issues, clean_polygon, finish_dataset, number, record_size
+from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance, Polygon, safe_relative_path
+from cardamage.data.formats import (
+    MAX_SIDE,
+    Issues,
+    as_number,
+    clean_polygon,
+    describe,
+    finish_dataset,
+    fitted_instances,
+    number,
+    pixel_size,
+    record_size,
+    scalar_id,
+)
 from cardamage.data.formats.registry import Format, ReadRequest
+from cardamage.data.masks import PolygonError, clamp_polygon, polygons_to_rle, unflatten
+from cardamage.data.rle import RLEError, check_rle, pycoco_rle
+from cardamage.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,38 +46,79 @@ def is_coco(data: Any) -> bool:
         and isinstance(data.get("annotations", []), list) and ("annotations" in data or "categories" in data)
 
 
-def _categories(items: list[Any], issues: Issues) -> tuple[dict[Any, str], list[str]]:
-    """``{id: name}`` and the names in id order (categories without instances included)."""
+def _section(data: dict[str, Any], key: str, issues: Issues) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise AnnotationError(f"{issues.source}: {key!r} is {describe(value)}, not a list")
+    return value
+
+
+def _categories(items: list[Any], issues: Issues) -> tuple[dict[Any, str], list[str], list[dict[str, Any]]]:
+    """``{id: name}``, the names in id order (categories without instances included), the usable entries."""
     by_id: dict[Any, str] = {}
-    for cat in items:
-        if not isinstance(cat, dict) or "id" not in cat or not cat.get("name"):
-            issues.warn(f"category {cat!r} has no id or name; ignored")
-            continue
-        by_id[cat["id"]] = str(cat["name"])
-    ordered = sorted(by_id, key=lambda i: (0, i) if isinstance(i, (int, float)) else (1, str(i)))
-    return by_id, list(dict.fromkeys(by_id[i] for i in ordered))
+    kept = []
+    for n, cat in enumerate(items):
+        cid = scalar_id(cat.get("id")) if isinstance(cat, dict) else None
+        name = cat.get("name") if isinstance(cat, dict) else None
+        if not isinstance(cat, dict):
+            issues.warn(f"category {n}: {describe(cat)} is not an object; ignored", kind="bad category")
+        elif cid is None:
+            issues.warn(f"category {n}: 'id' is {describe(cat.get('id'))}, not a number or string; ignored",
+                        kind="bad category")
+        elif scalar_id(name) is None or name == "":
+            issues.warn(f"category {n} (id {cid!r}): 'name' is {describe(name)}, not a non-empty string; ignored",
+                        kind="bad category")
+        else:
+            by_id[cid] = str(name)
+            kept.append(cat)
+    ordered = sorted(by_id, key=lambda i: (0, i, "") if isinstance(i, (int, float)) and i == i else (1, 0, str(i)))
+    return by_id, list(dict.fromkeys(by_id[i] for i in ordered)), kept
 
 
-def _image(item: Any, source: str, issues: Issues) -> ImageRecord | None:
-    if not isinstance(item, dict) or "id" not in item or not item.get("file_name"):
-        issues.warn(f"image entry {item!r:.80} has no id or file_name; skipped")
+def _size_of(item: dict[str, Any], name: str, issues: Issues) -> tuple[int | None, int | None]:
+    """``(width, height)`` of an image entry; both ``None`` (warned) if either is not a pixel count."""
+    sizes = []
+    for key in ("width", "height"):
+        value = item.get(key)
+        size = pixel_size(value)
+        if size is None and value not in (None, "", 0):
+            issues.warn(f"image {name!r}: {key!r} is {describe(value)}, not a whole number of pixels "
+                        f"(1..{MAX_SIDE}); size ignored", kind="bad image size")
+        sizes.append(size)
+    return (sizes[0], sizes[1]) if None not in sizes else (None, None)
+
+
+def _image(item: Any, n: int, source: str, issues: Issues) -> ImageRecord | None:
+    if not isinstance(item, dict):
+        issues.warn(f"image entry {n}: {describe(item)} is not an object; skipped", kind="bad image entry")
         return None
-    width, height = item.get("width"), item.get("height")
+    if scalar_id(item.get("id")) is None:
+        issues.warn(f"image entry {n}: 'id' is {describe(item.get('id'))}, not a number or string; skipped",
+                    kind="bad image entry")
+        return None
+    name = item.get("file_name")
+    if not isinstance(name, str) or not name:
+        issues.warn(f"image entry {n} (id {item['id']!r}): 'file_name' is {describe(name)}, not a file name; "
+                    "skipped", kind="bad image entry")
+        return None
+    path = safe_relative_path(name, source)
+    width, height = _size_of(item, path, issues)
     attrs = item.get("attributes")
-    return ImageRecord(path=safe_relative_path(str(item["file_name"]), source),
-                       width=int(width) if width else None, height=int(height) if height else None,
-                       source=Path(source).name, attributes=dict(attrs) if isinstance(attrs, dict) else {})
+    return ImageRecord(path=path, width=width, height=height, source=Path(source).name,
+                       attributes=dict(attrs) if isinstance(attrs, dict) else {})
 
 
 def _polygons(segmentation: list[Any], record: ImageRecord, where: str, issues: Issues) -> list[Polygon]:
-    if segmentation and all(isinstance(c, (int, float)) for c in segmentation):
+    if segmentation and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in segmentation):
         segmentation = [segmentation]  # a single flat polygon, as some tools write it
     polygons = []
     for k, flat in enumerate(segmentation):
         try:
             points = unflatten(flat)
-        except (PolygonError, TypeError) as exc:
-            issues.warn(f"{where} polygon {k}: {exc}; polygon skipped")
+        except PolygonError as exc:
+            issues.warn(f"{where} polygon {k}: {exc}; polygon skipped", kind="unusable polygon")
             continue
         poly = clean_polygon(points, record.width, record.height, f"{where} polygon {k}", issues)
         if poly is not None:
@@ -73,19 +127,28 @@ def _polygons(segmentation: list[Any], record: ImageRecord, where: str, issues: 
 
 
 def _rle(segmentation: dict[str, Any], record: ImageRecord, where: str, issues: Issues) -> dict[str, Any] | None:
-    size, counts = segmentation.get("size"), segmentation.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
-        issues.warn(f"{where}: RLE needs 'size' [h, w] and 'counts'; annotation skipped")
+    """The checked RLE; ``None`` (warned, naming the field) when malformed or of another size than the image."""
+    try:
+        return check_rle(segmentation, f"{issues.source}: {where}", record.height, record.width)
+    except RLEError as exc:
+        issues.warn(f"{exc}; annotation skipped", prefix=False, kind="unusable mask")
         return None
-    if record.width and record.height and list(size) != [record.height, record.width]:
-        issues.warn(f"{where}: RLE size {size} differs from the image size {record.height}x{record.width} (h x w)")
-    return {"size": [int(size[0]), int(size[1])], "counts": counts}
+
+
+def _score(ann: dict[str, Any], where: str, issues: Issues) -> float | None:
+    if ann.get("score") is None:
+        return None
+    score = as_number(ann["score"])
+    if score is None:
+        issues.warn(f"{where}: 'score' is {describe(ann['score'])}, not a number; ignored", kind="bad score")
+    return score
 
 
 def _instance(ann: dict[str, Any], category: str, record: ImageRecord, where: str,
               issues: Issues) -> Instance | None:
     seg = ann.get("segmentation")
-    inst = Instance(category=category, iscrowd=bool(ann.get("iscrowd", 0)), score=ann.get("score"),
+    inst = Instance(category=category, iscrowd=bool(as_number(ann.get("iscrowd", 0))),
+                    score=_score(ann, where, issues),
                     attributes=dict(ann["attributes"]) if isinstance(ann.get("attributes"), dict) else {})
     if isinstance(seg, dict):
         inst.rle = _rle(seg, record, where, issues)
@@ -93,115 +156,158 @@ def _instance(ann: dict[str, Any], category: str, record: ImageRecord, where: st
     if seg:
         inst.polygons = _polygons(seg, record, where, issues) if isinstance(seg, list) else []
         if not inst.polygons:
-            issues.warn(f"{where}: no usable polygon; annotation skipped")
+            issues.warn(f"{where}: no usable polygon in 'segmentation'; annotation skipped", kind="unusable polygon")
         return inst if inst.polygons else None
     bbox = ann.get("bbox")
-    if isinstance(bbox, list) and len(bbox) == 4:
+    box = [as_number(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else None
+    if box is not None and None not in box:
         log.info("%s: %s: no segmentation; its bbox is used as a rectangle", issues.source, where)
-        x, y, w, h = (float(v) for v in bbox)
+        x, y, w, h = box
         inst.polygons = [p for p in [clean_polygon([(x, y), (x + w, y), (x + w, y + h), (x, y + h)],
                                                    record.width, record.height, where, issues)] if p]
         return inst if inst.polygons else None
-    issues.warn(f"{where}: no segmentation and no bbox; annotation skipped")
+    found = "no bbox" if bbox is None else f"'bbox' {describe(bbox)} is not [x, y, width, height]"
+    issues.warn(f"{where}: no segmentation and {found}; annotation skipped", kind="unusable annotation")
     return None
+
+
+def _annotation_record(ann: Any, n: int, by_id: dict[Any, ImageRecord], issues: Issues
+                       ) -> tuple[ImageRecord, str] | None:
+    """The annotation's image record and its ``where`` text; ``None`` (warned) if it has none."""
+    if not isinstance(ann, dict):
+        issues.warn(f"annotation {n}: {describe(ann)} is not an object; skipped", kind="bad annotation")
+        return None
+    label = ann.get("id", n) if scalar_id(ann.get("id", n)) is not None else n
+    image_id = scalar_id(ann.get("image_id"))
+    if image_id is None:
+        issues.warn(f"annotation {label}: 'image_id' is {describe(ann.get('image_id'))}, not a number or string; "
+                    "skipped", kind="bad annotation")
+        return None
+    record = by_id.get(image_id)
+    if record is None:
+        issues.warn(f"annotation {label}: unknown image_id {describe(image_id)}; skipped", kind="unknown image_id")
+        return None
+    return record, f"image {record.path!r} annotation {label}"
 
 
 def parse_coco(data: dict[str, Any], source: str) -> Dataset:
     """Parse COCO JSON; ``meta`` keeps ``coco_info``, ``coco_licenses`` and ``coco_categories``."""
     issues = Issues(source, log)
-    cat_names, categories = _categories(data.get("categories") or [], issues)
+    cat_names, categories, cat_entries = _categories(_section(data, "categories", issues), issues)
     images: list[ImageRecord] = []
     by_id: dict[Any, ImageRecord] = {}
-    for item in data.get("images") or []:
-        record = _image(item, source, issues)
+    for n, item in enumerate(_section(data, "images", issues)):
+        record = _image(item, n, source, issues)
         if record is not None:
             images.append(record)
             by_id[item["id"]] = record
-    for n, ann in enumerate(data.get("annotations") or []):
-        record = by_id.get(ann.get("image_id")) if isinstance(ann, dict) else None
-        if record is None:
-            issues.warn(f"annotation {n}: unknown image_id {ann.get('image_id') if isinstance(ann, dict) else ann!r}; "
-                        "skipped")
+    for n, ann in enumerate(_section(data, "annotations", issues)):
+        found = _annotation_record(ann, n, by_id, issues)
+        if found is None:
             continue
-        where = f"image {record.path!r} annotation {ann.get('id', n)}"
-        if ann.get("category_id") not in cat_names:
-            issues.warn(f"{where}: unknown category_id {ann.get('category_id')!r}; annotation skipped")
+        record, where = found
+        category_id = scalar_id(ann.get("category_id"))
+        if category_id is None:
+            issues.warn(f"{where}: 'category_id' is {describe(ann.get('category_id'))}, not a number or string; "
+                        "annotation skipped", kind="unknown category_id")
             continue
-        inst = _instance(ann, cat_names[ann["category_id"]], record, where, issues)
+        if category_id not in cat_names:
+            issues.warn(f"{where}: unknown category_id {describe(category_id)}; annotation skipped",
+                        kind="unknown category_id")
+            continue
+        inst = _instance(ann, cat_names[category_id], record, where, issues)
         if inst is not None:
             record.instances.append(inst)
-    meta = {"coco_info": data.get("info"), "coco_licenses": data.get("licenses"),
-            "coco_categories": data.get("categories") or []}
+    meta = {"coco_info": data.get("info"), "coco_licenses": data.get("licenses"), "coco_categories": cat_entries}
     return finish_dataset(Dataset(images=images, categories=categories, meta=meta), issues)
 
 
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _compressed(rle: dict[str, Any]) -> dict[str, Any]:
-    """pycocotools RLE object (bytes counts) from a compressed or uncompressed RLE dict."""
-    h, w = rle["size"]
-    if isinstance(rle["counts"], list):
-        return mask_utils.frPyObjects({"size": [h, w], "counts": rle["counts"]}, h, w)
-    counts = rle["counts"]
-    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
 def geometry(inst: Instance, height: int, width: int) -> tuple[Any, float, list[float]] | None:
     """``(segmentation, area, bbox)`` of an instance in pixels; ``None`` if it has no shape.
 
-    Polygons: area of the merged polygon masks (pycocotools). RLE: the mask's pixel count.
+    Polygons: clamped to the ``width x height`` image, area of their merged masks (pycocotools,
+    which only ever sees polygons clipped to the image). RLE: the mask's pixel count.
+
+    Raises:
+        PolygonError: a polygon too long to draw. RLEError: a malformed RLE.
     """
     if inst.polygons:
-        flat = [[number(c) for point in poly for c in point] for poly in inst.polygons]
-        merged = mask_utils.merge(mask_utils.frPyObjects([[float(c) for c in f] for f in flat], height, width))
-        x, y, w, h = inst.bbox() or (0.0, 0.0, 0.0, 0.0)
-        return flat, float(mask_utils.area(merged)), [number(x), number(y), number(w), number(h)]
+        polygons = [clamp_polygon(poly, width, height) for poly in inst.polygons]
+        flat = [[number(c) for point in poly for c in point] for poly in polygons]
+        merged = polygons_to_rle(polygons, height, width)
+        xs, ys = [x for poly in polygons for x, _ in poly], [y for poly in polygons for _, y in poly]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        return flat, float(mask_utils.area(merged)) if merged else 0.0, [number(v) for v in bbox]
     if inst.rle is not None:
-        compressed = _compressed(inst.rle)
+        compressed = pycoco_rle(inst.rle, f"{inst.category!r} mask")
         bbox = [number(v) for v in mask_utils.toBbox(compressed).tolist()]
         return dict(inst.rle), float(mask_utils.area(compressed)), bbox
     return None
 
 
-def _size(dataset: Dataset, record: ImageRecord) -> tuple[int, int]:
-    """``(width, height)``: known, read from the file, or (with a warning) the shapes' extent."""
-    size = record_size(dataset, record)
+def _size(dataset: Dataset, record: ImageRecord, issues: Issues) -> tuple[int, int]:
+    """``(width, height)``: known, read from the file, or (with a warning) the shapes' extent.
+
+    Raises:
+        AnnotationError: the size is unknown and the shapes reach beyond the photo pixel budget.
+    """
+    from cardamage.data.images import pixel_limit
+
+    size = record_size(dataset, record, issues)
     if size is not None:
         return size
     for inst in record.instances:
-        if inst.rle is not None:
-            return int(inst.rle["size"][1]), int(inst.rle["size"][0])
-    points = [p for inst in record.instances for poly in inst.polygons for p in poly]
+        if isinstance(inst.rle, dict) and isinstance(inst.rle.get("size"), list) and len(inst.rle["size"]) == 2:
+            h, w = (pixel_size(v) for v in inst.rle["size"])
+            if h and w:
+                return w, h
+    points = [p for inst in record.instances for poly in inst.polygons for p in poly
+              if math.isfinite(p[0]) and math.isfinite(p[1])]
     width = max([math.ceil(x) for x, _ in points], default=1)
     height = max([math.ceil(y) for _, y in points], default=1)
-    log.warning("image %r: size unknown and file not found; COCO width/height set to the polygons' "
-                "extent %dx%d", record.path, width, height)
+    if width < 1 or height < 1 or width * height > pixel_limit():
+        raise AnnotationError(f"image {record.path!r}: size unknown (file not found under {dataset.root}) and its "
+                              f"polygons reach {width}x{height}, beyond the {pixel_limit()}-pixel limit; "
+                              "give the image's width and height")
+    issues.warn(f"image {record.path!r}: size unknown and file not found; COCO width/height set to the polygons' "
+                f"extent {width}x{height}", kind="unknown size")
     return width, height
 
 
-def to_coco(dataset: Dataset, start_id: int = 1) -> dict[str, Any]:
+def to_coco(dataset: Dataset, start_id: int = 1, source: str = "COCO output") -> dict[str, Any]:
     """COCO JSON for the labelled records; image, annotation and category ids from ``start_id``.
 
-    ``Instance.attributes`` go under ``attributes``, ``Instance.score`` under ``score``.
+    ``Instance.attributes`` go under ``attributes``, ``Instance.score`` under ``score``. Polygon points
+    outside the image are clipped and masks of another size than their image left out, each with a
+    warning naming ``source`` and the image.
     """
+    issues = Issues(source, log)
     names = list(dataset.categories) + [c for c in dict.fromkeys(i.category for _, i in dataset.instances())
                                         if c not in dataset.categories]
     cat_ids = {name: start_id + i for i, name in enumerate(names)}
-    supercats = {c.get("name"): c.get("supercategory", "") for c in dataset.meta.get("coco_categories") or []
-                 if isinstance(c, dict)}
+    supercats = {c["name"]: c.get("supercategory", "") for c in dataset.meta.get("coco_categories") or []
+                 if isinstance(c, dict) and isinstance(c.get("name"), str)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for record in (r for r in dataset.images if r.labelled):
-        width, height = _size(dataset, record)
+        width, height = _size(dataset, record, issues)
         image = {"id": start_id + len(images), "file_name": record.path, "width": width, "height": height}
         if record.attributes:
             image["attributes"] = dict(record.attributes)
         images.append(image)
-        for inst in record.instances:
-            geo = geometry(inst, height, width)
+        for inst in fitted_instances(record, (width, height), issues):
+            try:
+                geo = geometry(inst, height, width)
+            except (PolygonError, RLEError) as exc:
+                issues.warn(f"image {record.path!r}: {inst.category!r} instance: {exc}; not written",
+                            kind="unusable instance")
+                continue
             if geo is None:
-                log.warning("image %r: %r instance has no polygon or mask; not written", record.path, inst.category)
+                issues.warn(f"image {record.path!r}: {inst.category!r} instance has no polygon or mask; not written",
+                            kind="unusable instance")
                 continue
             ann = {"id": start_id + len(annotations), "image_id": image["id"], "category_id": cat_ids[inst.category],
                    "segmentation": geo[0], "area": geo[1], "bbox": geo[2], "iscrowd": int(inst.iscrowd)}
@@ -210,6 +316,7 @@ def to_coco(dataset: Dataset, start_id: int = 1) -> dict[str, Any]:
             if inst.attributes:
                 ann["attributes"] = dict(inst.attributes)
             annotations.append(ann)
+    issues.summarize()
     return {"info": dataset.meta.get("coco_info") or {"description": "written by cardamage"},
             "licenses": dataset.meta.get("coco_licenses") or [],
             "images": images, "annotations": annotations,
@@ -218,7 +325,7 @@ def to_coco(dataset: Dataset, start_id: int = 1) -> dict[str, Any]:
 
 def write_coco(dataset: Dataset, path: str | Path, start_id: int = 1) -> Path:
     """Write COCO JSON atomically (see :func:`to_coco`)."""
-    return write_json(path, to_coco(dataset, start_id), indent=None)
+    return write_json(path, to_coco(dataset, start_id, source=str(path)), indent=None)
 
 
 def _read(request: ReadRequest) -> Dataset:

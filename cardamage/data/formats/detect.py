@@ -7,6 +7,7 @@ then the file is parsed as JSON and the JSON formats are asked, in registry orde
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,46 @@ def read_text(path: Path) -> str:
 
 
 def load_json(path: Path) -> Any:
-    """Parse ``path`` as JSON; errors name the file, the position and the formats tried."""
+    """Parse ``path`` as JSON; errors name the file, the position and the formats tried.
+
+    Besides syntax errors, refuses what Python's parser accepts but nothing downstream can use:
+    nesting deeper than the interpreter's recursion limit, integers of thousands of digits, and
+    ``\\ud800``-style escapes of lone UTF-16 surrogates (not text; no UTF-8 file can hold them).
+    """
     text = read_text(path)
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                               f"formats tried: {formats_tried()}") from exc
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit
+        raise AnnotationError(f"{path}: unusable JSON ({exc})") from exc
+    check_surrogates(text, data, str(path))
+    return data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def check_surrogates(text: str, data: Any, where: str) -> None:
+    """Raise :class:`AnnotationError` if ``data`` (parsed from ``text``) holds a lone UTF-16 surrogate.
+
+    Cheap for ordinary files: the parsed data is only re-encoded when ``text`` has a surrogate escape
+    (an emoji written as a ``\\ud83d\\ude00`` pair is fine).
+    """
+    match = _SURROGATE_ESCAPE.search(text)
+    if match is None:
+        return
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        line = text.count("\n", 0, match.start()) + 1
+        raise AnnotationError(f"{where}: a lone UTF-16 surrogate escape (first escape {match.group(0)} at line "
+                              f"{line}) is not text; fix or remove it") from None
+    except RecursionError:
+        raise AnnotationError(f"{where}: JSON nested too deeply to read") from None
 
 
 def detect_json(data: Any) -> str | None:
@@ -70,7 +104,7 @@ def detect(path: Path) -> tuple[Format, Any]:
     name = detect_json(data)
     if name is None:
         kind = type(data).__name__
-        keys = f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else ""
+        keys = f" with keys {[k[:40] for k in sorted(map(str, data))[:8]]}" if isinstance(data, dict) else ""
         raise AnnotationError(f"{path}: JSON {kind}{keys} is not a known annotation format; "
                               f"formats tried: {formats_tried()}")
     return get_format(name), data

@@ -13,20 +13,30 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance, Polygon, safe_relative_path
-from cardamage.fileio import write_json
-from cardamage.data.formats import Issues, clean_polygon, finish_dataset, number, record_file_size
+from cardamage.data.formats import (
+    Issues,
+    as_number,
+    clean_polygon,
+    describe,
+    finish_dataset,
+    fitted_instances,
+    number,
+    record_file_size,
+    record_size,
+)
 from cardamage.data.formats.registry import Format, ReadRequest
+from cardamage.data.formats.via_shapes import ELLIPSE_POINTS, shape_to_points  # noqa: F401 (re-exported)
+from cardamage.fileio import write_json
 
 log = logging.getLogger(__name__)
 
 #: Region attribute names that commonly hold the class, in order of preference (case-insensitive).
 CATEGORY_KEYS: tuple[str, ...] = ("name", "class", "label", "class name", "class_name", "category", "cls", "type")
-ELLIPSE_POINTS = 32
 DEFAULT_CATEGORY_KEY = "name"
 
 
@@ -104,62 +114,36 @@ def detect_category_key(attributes: Sequence[dict[str, Any]], source: str) -> st
                           "pass --category-key to choose one")
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, theta: float = 0.0) -> Polygon:
-    """Polygon approximation (pixels) of an ellipse rotated by ``theta`` radians."""
-    ct, st = math.cos(theta), math.sin(theta)
-    points = []
-    for k in range(ELLIPSE_POINTS):
-        t = 2 * math.pi * k / ELLIPSE_POINTS
-        x, y = rx * math.cos(t), ry * math.sin(t)
-        points.append((cx + x * ct - y * st, cy + x * st + y * ct))
-    return points
-
-
-def shape_to_points(shape: dict[str, Any], where: str, issues: Issues) -> list[tuple[float, float]] | None:
-    """VIA ``shape_attributes`` -> polygon points in pixels, or ``None`` (warned) when unusable."""
-    kind = str(shape.get("name", "")).lower()
-    try:
-        if kind in ("polygon", "polyline"):
-            xs, ys = shape["all_points_x"], shape["all_points_y"]
-            if len(xs) != len(ys):
-                issues.warn(f"{where}: {len(xs)} x but {len(ys)} y coordinates; region skipped")
-                return None
-            if kind == "polyline":
-                log.info("%s: %s: polyline read as a closed polygon", issues.source, where)
-            return [(float(x), float(y)) for x, y in zip(xs, ys)]
-        if kind == "rect":
-            x, y, w, h = (float(shape[k]) for k in ("x", "y", "width", "height"))
-            return [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
-        if kind in ("circle", "ellipse"):
-            rx = float(shape["r"] if kind == "circle" else shape["rx"])
-            ry = float(shape["r"] if kind == "circle" else shape["ry"])
-            log.info("%s: %s: %s approximated by a %d-point polygon", issues.source, where, kind, ELLIPSE_POINTS)
-            return _ellipse(float(shape["cx"]), float(shape["cy"]), rx, ry, float(shape.get("theta", 0) or 0))
-    except (KeyError, TypeError, ValueError) as exc:
-        issues.warn(f"{where}: {kind} shape is missing or has bad field {exc}; region skipped")
-        return None
-    issues.warn(f"{where}: shape {kind or shape!r} is not supported; region skipped")
-    return None
+def _region_order(key: str) -> tuple[int, int, str]:
+    """VIA 1 region keys ``"0"``, ``"1"``, ... in numeric order (other keys after them)."""
+    digits = key.isascii() and key.isdigit()
+    return (0, len(key.lstrip("0")), key) if digits else (1, 0, key)
 
 
 def _regions(entry: dict[str, Any], issues: Issues) -> list[dict[str, Any]]:
     """An entry's regions as a list (VIA 1 stores a dict keyed "0", "1", ...)."""
-    regions = entry.get("regions") or []
+    name = entry.get("filename")
+    regions = entry.get("regions")
+    if regions is None:
+        return []
     if isinstance(regions, dict):
-        keys = sorted(regions, key=lambda k: (0, int(k)) if str(k).isdigit() else (1, str(k)))
-        regions = [regions[k] for k in keys]
+        regions = [regions[k] for k in sorted(regions, key=_region_order)]
     if not isinstance(regions, list):
-        issues.warn(f"image {entry.get('filename')!r}: 'regions' is a {type(regions).__name__}; ignored")
+        issues.warn(f"image {name!r}: 'regions' is {describe(regions)}, not a list; ignored", kind="bad regions")
         return []
     out = []
     for i, region in enumerate(regions):
-        if isinstance(region, dict) and isinstance(region.get("shape_attributes"), dict):
-            region.setdefault("region_attributes", {})
-            if not isinstance(region["region_attributes"], dict):
+        shape = region.get("shape_attributes") if isinstance(region, dict) else None
+        if isinstance(shape, dict):
+            if not isinstance(region.get("region_attributes"), dict):
                 region["region_attributes"] = {}
             out.append(region)
+        elif not isinstance(region, dict):
+            issues.warn(f"image {name!r} region {i}: is {describe(region)}, not an object; region skipped",
+                        kind="bad region")
         else:
-            issues.warn(f"image {entry.get('filename')!r} region {i}: no shape_attributes; region skipped")
+            found = "missing" if shape is None else f"{describe(shape)}, not an object"
+            issues.warn(f"image {name!r} region {i}: 'shape_attributes' {found}; region skipped", kind="bad region")
     return out
 
 
@@ -167,7 +151,8 @@ def _instance(region: dict[str, Any], key: str, where: str, issues: Issues) -> I
     attrs = region["region_attributes"]
     category = _usable_category(attrs.get(key))
     if category is None:
-        issues.warn(f"{where}: no category in region attribute {key!r} (got {attrs.get(key)!r}); region skipped")
+        issues.warn(f"{where}: no category in region attribute {key!r} (got {describe(attrs.get(key))}); "
+                    "region skipped", kind="missing category")
         return None
     points = shape_to_points(region["shape_attributes"], where, issues)
     polygon = None if points is None else clean_polygon(points, None, None, where, issues)
@@ -177,15 +162,23 @@ def _instance(region: dict[str, Any], key: str, where: str, issues: Issues) -> I
     return Instance(category=category, polygons=[polygon], attributes=extras)
 
 
-def _record(entry: dict[str, Any], regions: list[dict[str, Any]], key: str | None, issues: Issues) -> ImageRecord:
-    name = safe_relative_path(str(entry["filename"]), issues.source)
+def _file_size(entry: dict[str, Any], name: str, issues: Issues) -> int | None:
+    """VIA's ``size`` (file size in bytes): ``None`` when absent, -1 (unknown) or unusable (warned)."""
     size = entry.get("size")
-    try:
-        file_size = int(size) if size not in (None, "") and int(size) >= 0 else None
-    except (TypeError, ValueError):
-        file_size = None
+    if size in (None, "", -1, "-1"):
+        return None
+    value = as_number(size)
+    if value is None or not value.is_integer() or value < 0 or value > 2 ** 53:
+        issues.warn(f"image {name!r}: 'size' {describe(size)} is not a file size in bytes; ignored",
+                    kind="bad file size")
+        return None
+    return int(value)
+
+
+def _record(entry: dict[str, Any], regions: list[dict[str, Any]], key: str | None, issues: Issues) -> ImageRecord:
+    name = safe_relative_path(entry["filename"], issues.source)
     attrs = entry.get("file_attributes")
-    record = ImageRecord(path=name, source=Path(issues.source).name, file_size=file_size,
+    record = ImageRecord(path=name, source=Path(issues.source).name, file_size=_file_size(entry, name, issues),
                          attributes=dict(attrs) if isinstance(attrs, dict) else {})
     for i, region in enumerate(regions):
         inst = _instance(region, key or DEFAULT_CATEGORY_KEY, f"image {name!r} region {i}", issues)
@@ -195,13 +188,17 @@ def _record(entry: dict[str, Any], regions: list[dict[str, Any]], key: str | Non
 
 
 def _entries(data: Any, issues: Issues) -> list[dict[str, Any]]:
-    values = list(data.values()) if isinstance(data, dict) else list(data)
+    items = list(data.items()) if isinstance(data, dict) else list(enumerate(data))
     entries = []
-    for i, entry in enumerate(values):
-        if isinstance(entry, dict) and entry.get("filename") not in (None, ""):
+    for key, entry in items:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name:
             entries.append(entry)
+        elif isinstance(entry, dict) and name not in (None, ""):
+            issues.warn(f"entry {describe(key)}: 'filename' is {describe(name)}, not a string; skipped",
+                        kind="bad entry")
         else:
-            issues.warn(f"entry {i} has no filename; skipped")
+            issues.warn(f"entry {describe(key)} has no filename; skipped", kind="bad entry")
     return entries
 
 
@@ -214,8 +211,13 @@ def parse_via(data: Any, source: str, category_key: str | None = None) -> Datase
     issues = Issues(source, log)
     meta: dict[str, Any] = {}
     if isinstance(data, dict) and "_via_img_metadata" in data:
-        meta["via_settings"] = data.get("_via_settings")
-        meta["via_attributes"] = data.get("_via_attributes")
+        for key in ("_via_settings", "_via_attributes"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, dict):
+                issues.warn(f"{key!r} is {describe(value)}, not an object; a default one is written instead",
+                            kind="bad project")
+                value = None
+            meta[key[1:]] = value
         meta["via_project_extra"] = {k: v for k, v in data.items()
                                      if k not in ("_via_settings", "_via_attributes", "_via_img_metadata")}
         data = data["_via_img_metadata"]
@@ -235,23 +237,31 @@ def parse_via(data: Any, source: str, category_key: str | None = None) -> Datase
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _polygons_for(inst: Instance, where: str) -> list[Polygon]:
+def _polygons_for(inst: Instance, where: str, issues: Issues | None = None) -> list[Polygon]:
     """The instance's polygons; a mask-only instance is traced into polygons (with a warning)."""
     if inst.polygons or inst.rle is None:
         return inst.polygons
     from cardamage.data.masks import decode_rle, mask_to_polygons
 
     traced = mask_to_polygons(decode_rle(inst.rle), epsilon=1.0).outer
-    log.warning("%s: %r mask written as %d traced polygon(s) (VIA stores no masks)", where, inst.category,
-                len(traced))
+    message = f"{where}: {inst.category!r} mask written as {len(traced)} traced polygon(s) (VIA stores no masks)"
+    if issues is None:
+        log.warning("%s", message)
+    else:
+        issues.warn(message, kind="traced mask")
     return traced
 
 
-def via_regions(record: ImageRecord, key: str) -> list[dict[str, Any]]:
-    """VIA 2 region list for one image; one region per polygon (pixels, integral values as ints)."""
+def via_regions(record: ImageRecord, key: str, instances: Sequence[Instance] | None = None,
+                issues: Issues | None = None) -> list[dict[str, Any]]:
+    """VIA 2 region list for one image; one region per polygon (pixels, integral values as ints).
+
+    ``instances``: what to write (default: the record's), e.g. :func:`fitted_instances` of the record;
+    ``issues``: where the warnings go (default: this module's logger).
+    """
     regions = []
-    for inst in record.instances:
-        for poly in _polygons_for(inst, f"image {record.path!r}"):
+    for inst in record.instances if instances is None else instances:
+        for poly in _polygons_for(inst, f"image {record.path!r}", issues):
             shape = {"name": "polygon", "all_points_x": [number(x) for x, _ in poly],
                      "all_points_y": [number(y) for _, y in poly]}
             regions.append({"shape_attributes": shape,
@@ -260,19 +270,25 @@ def via_regions(record: ImageRecord, key: str) -> list[dict[str, Any]]:
     return regions
 
 
-def to_via(dataset: Dataset, version: int = 2, category_key: str | None = None) -> dict[str, Any]:
+def to_via(dataset: Dataset, version: int = 2, category_key: str | None = None,
+           source: str = "VIA output") -> dict[str, Any]:
     """VIA JSON as a dict keyed ``filename+size`` (size from the record, the file, or ``-1``).
+
+    Where the image size is known (record or file header), polygon points outside the image are
+    clipped with a warning naming ``source`` and the image.
 
     ``version=2``: ``regions`` is a list; ``version=1``: a dict keyed ``"0"``, ``"1"``, ... with the
     VIA 1 ``fileref``/``base64_img_data`` fields. Unlabelled records are left out.
     """
     key = category_key or dataset.meta.get("via_category_key") or DEFAULT_CATEGORY_KEY
+    issues = Issues(source, log)
     out: dict[str, Any] = {}
     for record in dataset.images:
         if not record.labelled:
             continue
         size = record_file_size(dataset, record)
-        regions = via_regions(record, key)
+        shape = record_size(dataset, record, issues)
+        regions = via_regions(record, key, fitted_instances(record, shape, issues), issues)
         if version == 1:
             out[f"{record.path}{size}"] = {"fileref": "", "size": size, "filename": record.path,
                                            "base64_img_data": "", "file_attributes": dict(record.attributes),
@@ -280,6 +296,7 @@ def to_via(dataset: Dataset, version: int = 2, category_key: str | None = None) 
         else:
             out[f"{record.path}{size}"] = {"filename": record.path, "size": size, "regions": regions,
                                            "file_attributes": dict(record.attributes)}
+    issues.summarize()
     return out
 
 
@@ -297,7 +314,8 @@ def _attributes(dataset: Dataset, key: str, existing: dict[str, Any] | None) -> 
     """``_via_attributes``: the kept one (with missing category options added) or a new one."""
     if existing:
         attrs = copy.deepcopy(existing)
-        spec = attrs.get("region", {}).get(key)
+        region = attrs.get("region")
+        spec = region.get(key) if isinstance(region, dict) else None
         if isinstance(spec, dict) and isinstance(spec.get("options"), dict):
             for name in dataset.categories:
                 spec["options"].setdefault(name, name)
@@ -310,13 +328,14 @@ def _attributes(dataset: Dataset, key: str, existing: dict[str, Any] | None) -> 
     return {"region": region, "file": {}}
 
 
-def to_via_project(dataset: Dataset, category_key: str | None = None, name: str = "project") -> dict[str, Any]:
+def to_via_project(dataset: Dataset, category_key: str | None = None, name: str = "project",
+                   source: str = "VIA output") -> dict[str, Any]:
     """A full VIA 2 project; settings, attributes and extra keys kept in ``Dataset.meta`` are reused."""
     key = category_key or dataset.meta.get("via_category_key") or DEFAULT_CATEGORY_KEY
     dataset.ensure_categories()
     project: dict[str, Any] = {
         "_via_settings": copy.deepcopy(dataset.meta.get("via_settings")) or _default_settings(name),
-        "_via_img_metadata": to_via(dataset, 2, key),
+        "_via_img_metadata": to_via(dataset, 2, key, source=source),
         "_via_attributes": _attributes(dataset, key, dataset.meta.get("via_attributes")),
     }
     project.update(copy.deepcopy(dataset.meta.get("via_project_extra") or {}))
@@ -327,12 +346,12 @@ def to_via_project(dataset: Dataset, category_key: str | None = None, name: str 
 
 def write_via(dataset: Dataset, path: str | Path, version: int = 2, category_key: str | None = None) -> Path:
     """Write a VIA 2 export (``version=2``) or VIA 1 file (``version=1``) atomically."""
-    return write_json(path, to_via(dataset, version, category_key), indent=None)
+    return write_json(path, to_via(dataset, version, category_key, source=str(path)), indent=None)
 
 
 def write_via_project(dataset: Dataset, path: str | Path, category_key: str | None = None) -> Path:
     """Write a full VIA 2 project file atomically (project name: the file stem unless kept in meta)."""
-    return write_json(path, to_via_project(dataset, category_key, Path(path).stem), indent=None)
+    return write_json(path, to_via_project(dataset, category_key, Path(path).stem, source=str(path)), indent=None)
 
 
 
