@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
 from labelstudio_server import free_port
+from ls_fakes import Stub
 
 from cardamage.cli import main
 from cardamage.labelling.client import (
@@ -24,42 +22,6 @@ from cardamage.labelling.client import (
 )
 
 SECRET = "s3cr3t0123456789abcdef0123456789abcdef01"
-
-
-class Stub:
-    """A tiny HTTP server answering from a script: a list of ``(status, body, delay_s)``, last one repeated."""
-
-    def __init__(self, script: list[tuple[int, dict, float]]) -> None:
-        self.script, self.requests = script, []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                stub.requests.append((self.command, self.path, dict(self.headers)))
-                status, body, delay = stub.script[min(len(stub.requests), len(stub.script)) - 1]
-                time.sleep(delay)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout tests)
-                    pass
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
