@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make demo   installs everything and runs the main job (the DVC pipeline) on the embedded sample
+#   make demo   installs everything and runs the main job (the DVC pipeline) on the embedded sample,
+#               then says which page to open
 #   make test   lints (ruff) and runs the test suite (installs first if needed)
 # EXTRAS: `import` brings PyTorch 2.13.0 (CPU) for the offline ImageNet backbone import,
 # `ray` the distributed scoring engine; drop them (make EXTRAS=dev ...) for a lean install.
@@ -30,7 +31,11 @@ install-ls: $(LS_VENV)/bin/label-studio
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
-	$(BIN)/cardamage select --budget 5
+	@echo
+	@echo "Done. Open the report: file://$(CURDIR)/reports/index.html"
+	@echo "  first the verdict (was the new model promoted to models/production.keras, and why), then"
+	@echo "  candidate vs production, the next photos to label (reports/selection.csv), history and drift."
+	@echo "  The claim service serves the production model: $(BIN)/cardamage serve"
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,4 +44,5 @@ test: lint install-ls
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) reports/*.json reports/*.png models data/prepared
+	rm -rf $(VENV) $(LS_VENV) reports/*.json reports/*.jsonl reports/*.png reports/*.csv reports/report_assets \
+		models data/prepared

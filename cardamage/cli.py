@@ -135,6 +135,25 @@ def predict(params: Params, inputs: tuple[str, ...], out_dir: str | None, model_
 
 
 @main.command()
+@click.option("--candidate", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Model to promote (default: train.model_path).")
+@click.option("--force", is_flag=True, help="Promote the candidate without the gate (recorded as forced).")
+@click.option("--rollback", is_flag=True, help="Restore the newest archived production model instead.")
+@with_params
+def publish(params: Params, candidate: str | None, force: bool, rollback: bool) -> None:
+    """Promote the candidate to publish.production_path only when it is not worse on the fixed test split."""
+    from cardamage.model.publish import publish as run_publish
+    from cardamage.model.publish import rollback as run_rollback
+
+    if rollback and (force or candidate):
+        raise click.UsageError("--rollback takes neither --force nor --candidate")
+    decision = run_rollback(params) if rollback else run_publish(params, candidate, force)
+    click.echo(decision.line())
+    click.echo(f"production: {params.publish.production_path} ({decision.production or 'none'}); "
+               f"wrote {params.publish.decision}, {params.publish.history}")
+
+
+@main.command()
 @click.argument("pool", required=False)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model file (default: score.model_path).")

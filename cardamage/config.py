@@ -37,6 +37,7 @@ class DataParams:
     class_map: dict[str, str] = field(default_factory=dict)
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     val_splits: list[str] = field(default_factory=lambda: ["val"])
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
     pool: str = "data/sample/test"
     near_duplicate_distance: int = 6
     max_pixels: int = 50_000_000
@@ -50,13 +51,13 @@ class ModelParams:
     backbone: str = "efficientnetlite_b0"
     backbone_preset: str | None = "models/pretrained/efficientnet-lite0"
     width: float = 1.0
-    input_size: int = 256
+    input_size: int = 160
     resize: Literal["letterbox", "crop", "stretch"] = "letterbox"
     head_filters: int = 128
     projection_filters: int = 48
     aspp_dilation_rates: list[int] = field(default_factory=lambda: [2, 4, 6])
     dropout: float = 0.1
-    bn_momentum: float = 0.99
+    bn_momentum: float = 0.9
 
 
 @dataclass
@@ -65,12 +66,12 @@ class TrainParams:
 
     model_path: str = "models/model.keras"
     history_csv: str = "reports/train_history.csv"
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    early_stopping_patience: int = 8
+    early_stopping_patience: int = 4
     dice_weight: float = 1.0
     focal_gamma: float = 0.0
     class_weighting: Literal["inverse_sqrt", "median_frequency", "none"] = "inverse_sqrt"
@@ -98,13 +99,16 @@ class EvaluateParams:
     image_threshold: float = 0.5
     min_instance_px: int = 16
     overlay_count: int = 4
+    per_photo: str = "reports/eval_photos.json"
+    bootstrap: int = 1000
+    confidence: float = 0.9
 
 
 @dataclass
 class PredictParams:
     """Damage assessment of new photos."""
 
-    model_path: str = "models/model.keras"
+    model_path: str = "models/production.keras"
     part_model_path: str | None = None
     out_dir: str = "reports/predictions"
     threshold: float = 0.5
@@ -121,6 +125,8 @@ class PrepareParams:
     out_dir: str = "data/prepared"
     split: Literal["keep", "hash"] = "keep"
     val_percent: int = 15
+    test_percent: int = 10
+    test_from_labelled: bool = False
     drop_exact_duplicates: bool = True
     summary: str = "reports/prepare_summary.json"
 
@@ -150,6 +156,23 @@ class ReportParams:
     reports_dir: str = "reports"
     out_file: str = "reports/index.html"
     title: str = "Car damage model report"
+    assets_dir: str = "reports/report_assets"
+    thumbnails: int = 6
+
+
+@dataclass
+class PublishParams:
+    """The promotion gate (``cardamage publish``): candidate against production on the fixed test split."""
+
+    production_path: str = "models/production.keras"
+    card: str = "models/production.json"
+    decision: str = "reports/publish.json"
+    history: str = "reports/history.jsonl"
+    archive_dir: str = "models/archive"
+    keep_archived: int = 3
+    tolerance_iou: float = 0.02
+    class_tolerance: dict[str, float] = field(default_factory=dict)
+    default_class_tolerance: float = 0.05
 
 
 @dataclass
@@ -172,7 +195,7 @@ class ScoreParams:
 class SelectParams:
     """Which pool photos to send for labelling next (``cardamage select``)."""
 
-    budget: int = 20
+    budget: int = 5
     strategy: str = field(default="hybrid", metadata={"choices": "strategies"})
     seed: int = 0
     hybrid_factor: float = 5.0
@@ -242,7 +265,7 @@ class ServeParams:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model_path: str | None = None
+    model_path: str | None = "models/production.keras"
     part_model_path: str | None = None
     max_upload_mb: float = 20.0
     max_photos_per_request: int = 10
@@ -286,6 +309,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    publish: PublishParams = field(default_factory=PublishParams)
     predict: PredictParams = field(default_factory=PredictParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
     drift: DriftParams = field(default_factory=DriftParams)

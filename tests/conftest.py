@@ -45,3 +45,18 @@ def tiny_model_file(tmp_path_factory) -> Path:
                          projection_filters=8, dropout=0.3, backbone_preset=None)
     save_model(build_model(params, 2), path, ModelInfo(classes=["damage"], input_size=64))
     return path
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory) -> dict:
+    """The sample prepared once per session with the default params (``split: keep``, no Label Studio labels,
+    the fixed 10-photo test split): ``{"sample", "tmp", "params", "result"}``. Read it, do not change it."""
+    from cardamage.config import Params
+    from cardamage.data.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("prep")
+    params = Params()
+    params.data.root = str(SAMPLE)
+    params.labelstudio.labelled_dir = str(tmp / "labelled")
+    params.prepare.out_dir = str(tmp / "prepared")
+    return {"sample": SAMPLE, "tmp": tmp, "params": params, "result": prepare(params)}

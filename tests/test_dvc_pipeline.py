@@ -30,14 +30,14 @@ import yaml
 from cardamage.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["backbone", "prepare", "train", "evaluate", "score", "drift", "report"]
+STAGES = ["backbone", "prepare", "train", "evaluate", "publish", "score", "select", "drift", "report"]
 #: The module each stage's command runs; one of the stage's deps must hold it.
 MODULE = {"backbone": "model/backbone_import", "prepare": "data/prepare", "train": "model/train",
-          "evaluate": "model/evaluate", "score": "active/scoring", "drift": "monitoring/drift",
-          "report": "monitoring/report"}
+          "evaluate": "model/evaluate", "publish": "model/publish", "score": "active/scoring",
+          "select": "active/selection", "drift": "monitoring/drift", "report": "monitoring/report"}
 #: The function of ``cardamage/cli.py`` behind each stage's command.
 COMMAND = {"backbone": "backbone_import", "prepare": "prepare", "train": "train", "evaluate": "evaluate",
-           "score": "score", "drift": "drift", "report": "report"}
+           "publish": "publish", "score": "score", "select": "select", "drift": "drift", "report": "report"}
 VAR = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -89,9 +89,15 @@ def test_metrics_and_plots_are_declared():
     stages = _dvc_yaml()["stages"]
     metrics = [m for s in stages.values() for m in _names(s.get("metrics"))]
     plots = [p for s in stages.values() for p in _names(s.get("plots"))]
-    assert {"${evaluate.metrics_file}", "${drift.summary}", "${prepare.summary}"} <= set(metrics)
-    assert "${train.history_csv}" in plots and "${evaluate.plots_dir}/pr_curve.png" in plots
+    assert {"${evaluate.metrics_file}", "${drift.summary}", "${prepare.summary}", "${publish.decision}"} <= set(metrics)
+    assert "${train.history_csv}" in plots and "${evaluate.plots_dir}/overlays_worst.png" in plots
+    # left out when degenerate (every test photo damaged), so not a declared output
+    assert "${evaluate.plots_dir}/pr_curve.png" not in plots
     assert "${train.model_path}" in _names(stages["train"]["outs"])
+    assert "${select.out}" in _names(stages["select"]["outs"]) and "${select.out}" in _names(stages["report"]["deps"])
+    # the production model is the deployment's state, never removed or restored by DVC
+    assert not {"${publish.production_path}", "${publish.history}"} & {
+        o for s in stages.values() for o in _names(s.get("outs")) + _names(s.get("metrics"))}
     assert "${drift.html}" in _names(stages["drift"]["outs"])
     assert "${report.out_file}" in _names(stages["report"]["outs"])
 
@@ -332,22 +338,41 @@ def test_editing_a_data_module_that_training_imports_marks_train_changed(tmp_pat
     assert "cardamage/model" not in status, status
 
 
+def _history(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "reports" / "history.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 def test_repro_from_a_fresh_clone_runs_every_stage_then_nothing(project):
     root, env = project["root"], project["env"]
     assert _ran(project["first"]) == set(STAGES)
     for out in ("models/model.keras", "reports/metrics.json", "reports/drift.html", "reports/drift_summary.json",
-                "reports/index.html", "reports/scores.parquet", "data/prepared/manifest.csv"):
+                "reports/index.html", "reports/scores.parquet", "data/prepared/manifest.csv", "reports/selection.csv",
+                "models/production.json"):
         assert (root / out).is_file(), out
+    # the first model is promoted, with its card, and the weekly selection is made
+    decision = json.loads((root / "reports" / "publish.json").read_text())
+    assert decision["action"] == "promoted" and decision["reason"].startswith("first model: no production model")
+    assert (root / "models" / "production.keras").read_bytes() == (root / "models" / "model.keras").read_bytes()
+    card = json.loads((root / "models" / "production.json").read_text())
+    assert card["data_version"]["source"] == "dvc.lock" and card["git"]["revision"] and card["photos"]["train"]
+    assert card["test_set"]["n_photos"] == 10 and card["metrics"]["damage_iou"]["ci"]
+    assert [e["promoted"] for e in _history(root)] == [True]
+    assert len((root / "reports" / "selection.csv").read_text().splitlines()) == 1 + 5
+    page = (root / "reports" / "index.html").read_text()
+    assert "<h2>Promoted: the candidate" in page and "Next photos to label (5, hybrid)" in page
+    assert len(list((root / "reports" / "report_assets" / "selection").glob("*.jpg"))) == 5
     assert "report: reports/index.html" in project["first"], "the report stage prints its summary"
     second = _run([_bin("dvc"), "repro"], root, env)
     assert _ran(second) == set() and "up to date" in second
     shown = subprocess.run([_bin("dvc"), "metrics", "show", "--json"], cwd=root, env=env, capture_output=True,
                            text=True, timeout=300).stdout
     json.loads(shown)
-    assert "mean_iou" in shown and "drift_detected" in shown and "n_train" in shown
+    assert "mean_iou" in shown and "drift_detected" in shown and "n_train" in shown and "promoted" in shown
     _run([_bin("dvc"), "plots", "show", "-o", str(root / "dvc_plots")], root, env)
     assert (root / "dvc_plots" / "index.html").is_file()
+    _run(["git", "add", "-A"], root, env)  # what the lead commits: dvc.lock (reports/ and models/ are ignored)
+    _run(["git", "commit", "-qm", "first run"], root, env)
 
 
 @pytest.mark.slow
@@ -359,6 +384,12 @@ def test_a_param_change_reruns_only_its_stage_and_the_ones_after(project):
     status = _run([_bin("dvc"), "status"], root, env)
     assert "drift:" in status and "train:" not in status and "prepare:" not in status
     assert _ran(_run([_bin("dvc"), "repro"], root, env)) == {"drift", "report"}
+    # against the committed run: metrics and plots diffs read the older revision from the DVC cache
+    diff = subprocess.run([_bin("dvc"), "metrics", "diff", "--json"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert diff.returncode == 0 and "reports/drift_summary.json" in json.loads(diff.stdout), diff.stdout + diff.stderr
+    _run([_bin("dvc"), "plots", "diff", "HEAD", "-o", str(root / "dvc_plots_diff")], root, env)
+    assert (root / "dvc_plots_diff" / "index.html").is_file()
 
 
 @pytest.mark.slow
@@ -366,8 +397,8 @@ def test_a_new_pool_photo_skips_training(project):
     root, env = project["root"], project["env"]
     shutil.copy(root / "data" / "sample" / "val" / "1.jpg", root / "data" / "sample" / "test" / "new.jpg")
     ran = _ran(_run([_bin("dvc"), "repro"], root, env))
-    # prepare re-runs (data/sample changed) but writes the same bytes, so train and evaluate are skipped
-    assert ran == {"prepare", "score", "drift", "report"}
+    # prepare re-runs (data/sample changed) but writes the same bytes, so train, evaluate and publish are skipped
+    assert ran == {"prepare", "score", "select", "drift", "report"}
 
 
 @pytest.mark.slow
@@ -385,4 +416,56 @@ def test_pulled_labels_rerun_prepare_and_everything_downstream(project):
     assert "prepare:" in status and "data/labelled" in status and "train:" not in status
     assert _ran(_run([_bin("dvc"), "repro"], root, env)) == set(STAGES) - {"backbone"}
     summary = json.loads((root / "reports" / "prepare_summary.json").read_text())
-    assert summary["n_labelled"] == 1
+    assert summary["n_labelled"] == 1 and summary["n_test"] == 10, "new labels leave the test split alone"
+    assert len(_history(root)) == 2, "the retrained candidate went through the gate"
+
+
+#: Two models from the candidate, its classifier biased to one answer everywhere, each through the gate
+#: (one process: one TensorFlow start): ``marks_all`` marks every pixel as damage (its damage IoU is the
+#: damaged share of the test photos), then ``worse`` finds no damage at all.
+BIASED = """
+import hashlib
+from cardamage.config import load_params
+from cardamage.model.io import load_model, save_model
+from cardamage.model.publish import publish
+params = load_params(None, ["data.root=data/prepared"])
+model, info = load_model("models/model.keras")
+bias = [50.0] + [-50.0] * len(info.classes)
+for name, sign in (("marks_all", -1.0), ("worse", 1.0)):
+    model.get_layer("logits").bias.assign([sign * b for b in bias])
+    save_model(model, f"models/{name}.keras", info)
+    print(name, publish(params, f"models/{name}.keras").line())
+    print("production sha256", hashlib.sha256(open(params.publish.production_path, "rb").read()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_a_worse_model_is_refused_and_the_service_keeps_production(project):
+    """Last of the module: it leaves a refused candidate in publish.json.
+
+    The tiny pipeline's 1-epoch model may find next to no damage, and nothing is worse than that; so a
+    model that marks damage everywhere goes through the gate first (promoted unless production is as
+    good), then the deliberately worse one, which finds no damage, must be refused.
+    """
+    import hashlib
+
+    from cardamage.service.app import model_paths
+
+    root, env = project["root"], project["env"]
+    out = _run([sys.executable, "-c", BIASED], root, env)
+    worse_line = next(line for line in out.splitlines() if line.startswith("worse "))
+    assert "NOT PROMOTED" in worse_line and "lower bound is below" in worse_line, out
+    production = root / "models" / "production.keras"
+    after_marks_all, after_worse = re.findall(r"production sha256 (\w+)", out)
+    assert after_marks_all == after_worse == hashlib.sha256(production.read_bytes()).hexdigest()
+    kept = json.loads((root / "models" / "production.json").read_text())
+    assert kept["metrics"]["damage_iou"]["value"] > 0.05, "production finds damage"
+    decision = json.loads((root / "reports" / "publish.json").read_text())
+    assert decision["action"] == "refused" and decision["candidate"]["metrics"]["damage_iou"]["value"] == 0.0
+    assert decision["production"] == kept["model_version"]
+    assert _history(root)[-1]["promoted"] is False
+    params = load_params(root / "params.yaml")
+    assert (root / model_paths(params)[0]).resolve() == production.resolve(), "the service serves production"
+    assert params.predict.model_path == params.publish.production_path, "so does the Label Studio push"
+    _run([_bin("cardamage"), "report"], root, env)
+    assert "<h2>Not promoted: production " in (root / "reports" / "index.html").read_text()

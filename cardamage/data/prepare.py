@@ -3,7 +3,8 @@
 Output (``prepare.out_dir``, replaced as a whole: built beside it, then renamed into place)::
 
     <train>/<annotation_file> + photos    VIA 2 JSON per split, readable by ``load_dataset``
-    <val>/<annotation_file>   + photos    (split folders named data.train_splits[0], data.val_splits[0])
+    <val>/<annotation_file>   + photos    (split folders named data.train_splits[0], data.val_splits[0],
+    <test>/<annotation_file>  + photos     data.test_splits[0])
     _masks/<split>/<photo stem>.png       class indices (0 background, i+1 for data.classes[i]);
                                           "_" keeps load_dataset from taking it for a split
     manifest.csv                          path, sha256, phash, split, width, height, n_instances, ...
@@ -15,8 +16,15 @@ photo's side depends only on its duplicate group (exact and near duplicates, see
 :mod:`cardamage.data.dedup`), never on the other photos, and a whole group is always on one side.
 ``prepare.split: keep``: sample photos keep their split (a group with any training photo goes to
 train); photos only from Label Studio are hashed. ``hash``: every group is hashed: validation when
-``int(sha256[:8], 16) % 100 < prepare.val_percent`` for the group's smallest sha256. Every byte
-written depends only on the inputs, so an unchanged input gives an unchanged output for DVC.
+``int(sha256[:8], 16) % 100 < prepare.val_percent`` for the group's smallest sha256.
+
+The fixed test split comes first and is never fed by new labels: a duplicate group is a test group
+when one of its sample photos (Label Studio photos too with ``prepare.test_from_labelled``) has
+``int(sha256[8:16], 16) % 100 < prepare.test_percent`` (a hash independent of the validation one).
+Its eligible photos go to the test split whatever their folder; a Label Studio photo that
+duplicates a test photo is left out (listed under ``test_split.held_out``), so adding labels never
+moves, adds or relabels a test photo and the numbers compare across weeks. Every byte written
+depends only on the inputs, so an unchanged input gives an unchanged output for DVC.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ class Item:
     Attributes:
         record: the labels (paths relative to the source folder).
         file: the photo on disk; source: ``"sample"`` or ``"labelled"``.
-        kept_split: ``"train"``/``"val"`` from the sample's folders, ``None`` for Label Studio photos.
+        kept_split: ``"train"``/``"val"`` from the sample's folders, ``None`` for Label Studio photos;
+            ``"test"`` once :func:`hold_out_test` put it in the fixed test split.
         sha256, phash: file and perceptual hashes; split: the side chosen; group: group id.
     """
 
@@ -162,7 +171,7 @@ def drop_exact_duplicates(items: list[Item], drop: bool = True) -> tuple[list[It
                             ", ".join(c.origin for c in copies), copies[0].origin if drop else "all")
         if drop:
             splits = {c.kept_split for c in copies}
-            copies[0].kept_split = "train" if "train" in splits else ("val" if "val" in splits else None)
+            copies[0].kept_split = next((s for s in ("test", "train", "val") if s in splits), None)
         kept.extend(copies[:1] if drop else copies)
     return sorted(kept, key=lambda i: i.origin), sorted(report, key=lambda r: r["photos"])
 
@@ -180,6 +189,37 @@ def groups_of(items: Sequence[Item], max_distance: int) -> list[list[Item]]:
 
 # ----------------------------------------------------------------------------- splits
 
+def in_test_split(sha256: str, test_percent: int) -> bool:
+    """``int(sha256[8:16], 16) % 100 < test_percent``: independent of :func:`hash_split`'s ``sha256[:8]``."""
+    return int(sha256[8:16], 16) % 100 < test_percent
+
+
+def hold_out_test(items: Sequence[Item], test_percent: int, from_labelled: bool = False,
+                  max_distance: int = 6) -> tuple[list[Item], list[dict[str, Any]]]:
+    """Mark the test split (``kept_split = "test"``: groups where an eligible photo, from the sample or any with
+    ``from_labelled``, passes :func:`in_test_split`); return the items kept and one ``{"photo", "test_photos"}``
+    per (Label Studio) photo of such a group left out."""
+    if not 0 <= test_percent <= 100:
+        raise BadParameterError(f"prepare.test_percent: expected 0-100, got {test_percent}")
+    kept, held = [], []
+    for group in groups_of(items, max_distance):
+        eligible = [i for i in group if from_labelled or i.source != "labelled"]
+        chosen = {id(i) for i in eligible}
+        if not any(in_test_split(i.sha256, test_percent) for i in eligible):
+            kept += group
+            continue
+        for item in group:
+            if id(item) in chosen:
+                item.kept_split = "test"
+                kept.append(item)
+            else:
+                held.append({"photo": item.origin, "test_photos": [i.origin for i in eligible]})
+                log.warning("%s duplicates test photo(s) %s: left out (the test split takes no new labels; "
+                            "prepare.test_from_labelled: true to allow it)", item.origin,
+                            ", ".join(i.origin for i in eligible))
+    return sorted(kept, key=lambda i: i.origin), held
+
+
 def hash_split(sha256: str, val_percent: int) -> str:
     """``"val"`` when ``int(sha256[:8], 16) % 100 < val_percent``, else ``"train"`` (stable, uniform)."""
     return "val" if int(sha256[:8], 16) % 100 < val_percent else "train"
@@ -188,8 +228,9 @@ def hash_split(sha256: str, val_percent: int) -> str:
 def assign_splits(groups: Sequence[Sequence[Item]], mode: str = "keep", val_percent: int = 15) -> list[dict[str, Any]]:
     """Set ``split`` and ``group`` on every item; return the groups whose kept splits had to change.
 
-    ``keep``: a group with any sample training photo goes to train, else to val if it has a sample
-    validation photo, else by hash. ``hash``: every group by the hash of its smallest sha256.
+    A group marked by :func:`hold_out_test` stays in test (both modes). ``keep``: a group with any
+    sample training photo goes to train, else to val if it has a sample validation photo, else by
+    hash. ``hash``: every other group by the hash of its smallest sha256.
     """
     if mode not in ("keep", "hash"):
         raise BadParameterError(f"prepare.split: expected keep or hash, got {mode!r}")
@@ -199,7 +240,9 @@ def assign_splits(groups: Sequence[Sequence[Item]], mode: str = "keep", val_perc
     for group in groups:
         rep = min(i.sha256 for i in group)
         kept = {i.kept_split for i in group if i.kept_split}
-        if mode == "keep" and kept:
+        if "test" in kept:
+            split = "test"
+        elif mode == "keep" and kept:
             split = "train" if "train" in kept else "val"
         else:
             split = hash_split(rep, val_percent)
@@ -261,10 +304,11 @@ def manifest_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def split_folders(params: Params) -> dict[str, str]:
-    """Folder name of each side: ``{"train": data.train_splits[0], "val": data.val_splits[0]}``."""
+    """Folder name of each side: ``{"train": data.train_splits[0], "val": data.val_splits[0], "test": ...}``."""
     d = params.data
     return {"train": d.train_splits[0] if d.train_splits else "train",
-            "val": d.val_splits[0] if d.val_splits else "val"}
+            "val": d.val_splits[0] if d.val_splits else "val",
+            "test": d.test_splits[0] if d.test_splits else "test"}
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -286,6 +330,7 @@ def prepare(params: Params, out_dir: str | os.PathLike | None = None) -> Prepare
     out = Path(out_dir or p.out_dir)
     items, issues = collect(params)
     items = fill_hashes(items)
+    items, held = hold_out_test(items, p.test_percent, p.test_from_labelled, params.data.near_duplicate_distance)
     items, exact = drop_exact_duplicates(items, p.drop_exact_duplicates)
     groups = groups_of(items, params.data.near_duplicate_distance)
     moved = assign_splits(groups, p.split, p.val_percent)
@@ -298,6 +343,7 @@ def prepare(params: Params, out_dir: str | os.PathLike | None = None) -> Prepare
         for side, folder in folders.items():
             rows += write_split([i for i in items if i.split == side], tmp, folder, params)
         report = build_report(rows, exact, groups, moved, issues, params)
+        report["test_split"] = {"percent": p.test_percent, "from_labelled": p.test_from_labelled, "held_out": held}
         write_text(tmp / "manifest.csv", manifest_csv(rows))
         write_json(tmp / "prepare_report.json", report)
         _swap_in(tmp, out)
@@ -328,6 +374,8 @@ def build_report(rows: Sequence[dict[str, Any]], exact: list[dict[str, Any]], gr
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """Numbers for ``reports/prepare_summary.json`` (a DVC metrics file)."""
     keep = {k: v for k, v in report.items() if k.startswith("n_")}
+    keep.setdefault("n_test", 0)
+    keep["n_test_held_out"] = len(report.get("test_split", {}).get("held_out", []))
     keep.update(n_exact_duplicate_sets=len(report["exact_duplicates"]),
                 n_conflicting_labels=len(report["conflicting_labels"]),
                 n_duplicate_groups=len(report["duplicate_groups"]), n_split_moves=len(report["split_moves"]))
@@ -341,6 +389,8 @@ def format_report(result: PrepareResult) -> str:
              + ", ".join(f"{k[2:]} {v}" for k, v in r.items() if k.startswith("n_") and k != "n_photos")]
     for e in r["conflicting_labels"]:
         lines.append(f"  same photo, different labels: {' = '.join(e['photos'])} (kept {', '.join(e['kept'])})")
+    for h in r.get("test_split", {}).get("held_out", []):
+        lines.append(f"  left out, duplicates test photo(s) {', '.join(h['test_photos'])}: {h['photo']}")
     for m in r["split_moves"]:
         lines.append(f"  moved to {m['split']} to keep duplicates together: {', '.join(m['moved'])}")
     return "\n".join(lines)

@@ -13,11 +13,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cardamage.data.annotations import ImageRecord
 from cardamage.cli import main
 from cardamage.config import Params
+from cardamage.data.annotations import ImageRecord
 from cardamage.data.dataset import load_dataset
-from cardamage.data.prepare import Item, assign_splits, hash_split, manifest_csv, prepare
+from cardamage.data.prepare import (
+    Item,
+    assign_splits,
+    hash_split,
+    in_test_split,
+    manifest_csv,
+    prepare,
+    summary_metrics,
+)
 
 SQUARE = {"name": "polygon", "all_points_x": [100, 400, 400, 100], "all_points_y": [100, 100, 400, 400]}
 
@@ -58,19 +66,18 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, request) -> dict:
-    """The sample prepared once with the defaults (split: keep, no Label Studio labels)."""
-    sample = Path(request.config.rootpath) / "data" / "sample"
-    tmp = tmp_path_factory.mktemp("prep")
-    params = _params(sample, tmp)
-    return {"sample": sample, "tmp": tmp, "params": params, "result": prepare(params)}
+@pytest.fixture
+def prepared(prepared_sample) -> dict:
+    """The sample prepared once per session with the defaults (split: keep, no Label Studio labels)."""
+    return prepared_sample
 
 
 def test_sample_keeps_its_split_and_reads_back_with_load_dataset(prepared):
     result, out = prepared["result"], Path(prepared["params"].prepare.out_dir)
-    assert result.report["n_train"] == 61 and result.report["n_val"] == 8 and result.report["n_sample"] == 69
-    data = load_dataset(out, splits=["train", "val"])
+    # 10 % of the duplicate groups (by sha256[8:16]) are the fixed test split, whatever their folder
+    assert result.report["n_train"] == 53 and result.report["n_val"] == 6 and result.report["n_test"] == 10
+    assert result.report["n_sample"] == 69
+    data = load_dataset(out, splits=["train", "val", "test"])
     assert sum(r.labelled for r in data.images) == 69
     rows = {r["origin"]: r for r in _manifest(out)}
     assert rows["sample/val/1.jpg"]["split"] == "val" and rows["sample/train/2.jpg"]["split"] == "train"
@@ -150,6 +157,41 @@ def test_keep_mode_moves_a_group_split_across_train_and_val():
         assign_splits([group], "hash", 101)
 
 
+def test_the_test_split_is_fixed_and_takes_no_new_labels(prepared, tmp_path):
+    sample, before = prepared["sample"], prepared["result"].rows
+    test = {r["origin"]: r["sha256"] for r in before if r["split"] == "test"}
+    passing = {o for o, sha in test.items() if in_test_split(sha, 10)}
+    assert len(test) == 10 and len(passing) == 9
+    # 19.jpg ~ 79.jpg: the near duplicate of a test photo is in the test split too
+    assert {"sample/train/19.jpg", "sample/train/79.jpg"} <= set(test) and len(set(test) - passing & {
+        "sample/train/19.jpg", "sample/train/79.jpg"}) == 1
+    assert not any(in_test_split(r["sha256"], 10) for r in before if r["split"] != "test")
+    # Label Studio brings a re-labelled copy of a test photo and a new photo that hashes into the test share
+    new_in_share = sample / "test" / "72.jpg"
+    assert in_test_split(_sha(new_in_share), 10)
+    _pull(tmp_path, {"again-7.jpg": sample / "train" / "7.jpg", "new.jpg": new_in_share})
+    params = _params(sample, tmp_path)
+    after = prepare(params)
+    rows = {r["origin"]: r for r in after.rows}
+    assert rows["labelled/images/new.jpg"]["split"] != "test", "new labels never enter the test split"
+    assert {o: r["sha256"] for o, r in rows.items() if r["split"] == "test"} == test
+    assert "labelled/images/again-7.jpg" not in rows and rows["sample/train/7.jpg"]["split"] == "test"
+    assert after.report["test_split"]["held_out"] == [{"photo": "labelled/images/again-7.jpg",
+                                                       "test_photos": ["sample/train/7.jpg"]}]
+    assert summary_metrics(after.report)["n_test_held_out"] == 1
+    params.prepare.test_from_labelled = True
+    asked = {r["origin"]: r for r in prepare(params).rows}
+    assert asked["labelled/images/again-7.jpg"]["split"] == asked["labelled/images/new.jpg"]["split"] == "test", \
+        "unless asked"
+    params.prepare.test_percent = 101
+    with pytest.raises(ValueError, match="prepare.test_percent"):
+        prepare(params)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_hash_split_formula():
     assert hash_split("00000000" + "f" * 56, 15) == "val"  # 0 % 100 = 0 < 15
     assert hash_split("00000063" + "0" * 56, 15) == "train"  # 0x63 = 99
@@ -170,4 +212,4 @@ def test_cli_prints_the_summary_and_writes_metrics(prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "69 labelled photo(s)" in result.output and "sample/train/25.jpg = sample/train/48.jpg" in result.output
     summary = json.loads((tmp_path / "sum.json").read_text())
-    assert summary["n_train"] == 61 and summary["n_conflicting_labels"] == 1
+    assert summary["n_train"] == 53 and summary["n_test"] == 10 and summary["n_conflicting_labels"] == 1

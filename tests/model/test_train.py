@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -50,7 +51,7 @@ def run(tmp_path_factory, request) -> dict:
                   "history_csv": str(tmp / "reports" / "train_history.csv")},
         "evaluate": {"model_path": str(tmp / "models" / "model.keras"),
                      "metrics_file": str(tmp / "reports" / "metrics.json"), "plots_dir": str(tmp / "reports"),
-                     "overlay_count": 2},
+                     "per_photo": str(tmp / "reports" / "eval_photos.json"), "overlay_count": 2, "bootstrap": 200},
     }
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -85,8 +86,19 @@ def test_evaluate_writes_all_metrics_and_plots(run):
     assert set(metrics["iou"]) == {"background", "damage"} and set(metrics["dice"]) == {"background", "damage"}
     assert {"precision", "recall", "f1", "threshold", "score"} <= set(metrics["image"])
     assert metrics["n_images"] == 3 and 0 <= metrics["mean_iou"] <= 1
-    for name in ("training_curves.png", "pr_curve.png", "overlays_worst.png", "overlays_best.png"):
+    assert metrics["splits"] == ["val"], "no test split in this data: evaluated on val"
+    for name in ("training_curves.png", "overlays_worst.png", "overlays_best.png"):
         assert (tmp / "reports" / name).stat().st_size > 1000, name
+    # every photo shows damage: the precision-recall curve would be a flat line, so it is left out, saying why
+    assert not (tmp / "reports" / "pr_curve.png").exists()
+    assert "every evaluated photo shows damage (3 of 3)" in metrics["plots_skipped"]["pr_curve"]
+    ci = metrics["intervals"]["damage_iou"]
+    assert ci["value"] == pytest.approx(metrics["damage_iou"]) and ci["ci"][0] <= ci["value"] <= ci["ci"][1]
+    per_photo = json.loads((tmp / "reports" / "eval_photos.json").read_text())
+    assert per_photo["model_version"] == metrics["model_version"] and len(per_photo["photos"]) == 3
+    total = sum(np.asarray(p["cm"]) for p in per_photo["photos"])
+    assert total.tolist() == metrics["confusion_matrix"], "per-photo matrices add up to the metrics"
+    assert {len(p["sha256"]) for p in per_photo["photos"]} == {64}
 
 
 def test_evaluate_with_other_classes_names_both_lists(run):
