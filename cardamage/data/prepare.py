@@ -35,18 +35,19 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from cardamage.data.annotations import Dataset, ImageRecord, category_mapper
 from cardamage.config import Params
+from cardamage.data.annotations import Dataset, ImageRecord, category_mapper
 from cardamage.data.dedup import duplicate_groups, find_duplicates, hash_files
-from cardamage.fileio import write_json, write_text
 from cardamage.errors import BadParameterError
+from cardamage.fileio import write_json, write_text
 
 log = logging.getLogger(__name__)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from cardamage.data.annotations import Dataset, ImageRecord
 from cardamage.config import DataParams
-from cardamage.fileio import atomic_path
+from cardamage.data.annotations import Dataset, ImageRecord
 from cardamage.data.images import ImageLoadError, open_image
+from cardamage.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Exact and near-duplicate detection on the sample's known defects."""
 
+from conftest import SAMPLE
+
 from cardamage.data.dedup import duplicate_groups, find_duplicates, hamming_matrix, hash_files
 from cardamage.data.images import list_images
-
-from conftest import SAMPLE
 
 
 def test_hamming_matrix():

@@ -8,14 +8,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLE
 
 from cardamage.cli import main
 from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance
-from cardamage.data.formats import (Format, ReadRequest, format_names, get_format, read_annotations,
-                                    register_format, unregister_format, write_annotations)
+from cardamage.data.formats import (
+    Format,
+    ReadRequest,
+    format_names,
+    get_format,
+    read_annotations,
+    register_format,
+    unregister_format,
+    write_annotations,
+)
 from cardamage.data.formats.detect import detect_json
 from cardamage.fileio import write_text
-from conftest import SAMPLE
 
 NAME = "jsonl-test"
 DESCRIPTION = "JSON lines (test format)"

@@ -9,8 +9,13 @@ import pytest
 
 from cardamage.data.annotations import AnnotationError, Dataset, ImageRecord, Instance
 from cardamage.data.formats import read_annotations, write_annotations
-from cardamage.data.formats.labelstudio_json import (brush_rle_to_mask, decode_brush_rle, encode_brush_rle,
-                                                image_name_from_url, mask_to_brush_rle)
+from cardamage.data.formats.labelstudio_json import (
+    brush_rle_to_mask,
+    decode_brush_rle,
+    encode_brush_rle,
+    image_name_from_url,
+    mask_to_brush_rle,
+)
 from cardamage.data.masks import decode_rle, encode_rle
 
 

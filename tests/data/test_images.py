@@ -1,14 +1,12 @@
 """The image loader: EXIF orientation, colour modes, bombs, truncated and corrupt files."""
 
-import io
 
 import numpy as np
 import pytest
+from conftest import SAMPLE
 from PIL import Image
 
 from cardamage.data.images import ImageLoadError, image_size, list_images, load_image
-
-from conftest import SAMPLE
 
 
 def _save(img: Image.Image, path, **kw):

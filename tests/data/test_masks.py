@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 
 from cardamage.data.annotations import Instance
-from cardamage.data.masks import (PolygonError, class_mask, decode_rle, encode_rle, is_self_intersecting,
-                             mask_to_instances, mask_to_polygons, polygon_area, rasterize_polygons,
-                             validate_polygon)
+from cardamage.data.masks import (
+    PolygonError,
+    class_mask,
+    decode_rle,
+    encode_rle,
+    is_self_intersecting,
+    mask_to_instances,
+    mask_to_polygons,
+    polygon_area,
+    rasterize_polygons,
+    validate_polygon,
+)
 
 SQUARE = [(2.0, 2.0), (12.0, 2.0), (12.0, 12.0), (2.0, 12.0)]
 
