@@ -130,7 +130,8 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: model file not found (train one with `cardamage train`)")
+        raise FileNotFoundError(f"{p}: model file not found (`dvc repro` trains one and publishes it as "
+                                "models/production.keras; or `cardamage train`)")
     try:
         with zipfile.ZipFile(p) as zf:
             config = json.loads(zf.read("config.json"))
