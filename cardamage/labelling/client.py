@@ -174,7 +174,9 @@ class LabelStudioClient:
             except LabelStudioError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is translated, none passes unscrubbed
-                error, retry = classify(what, exc, creates, self._shown_url, time.monotonic() - start)
+                from label_studio_sdk.core.api_error import ApiError
+
+                error, retry = classify(what, exc, creates, self._shown_url, time.monotonic() - start, ApiError)
             finally:
                 if notice is not None:
                     notice.cancel()

@@ -45,7 +45,8 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def classify(what: str, exc: BaseException, creates: bool, url: str, elapsed: float) -> tuple[LabelStudioError, bool]:
+def classify(what: str, exc: BaseException, creates: bool, url: str, elapsed: float,
+             http_error: type[BaseException]) -> tuple[LabelStudioError, bool]:
     """``(error to raise, whether a retry is allowed)`` for any exception of an SDK/HTTP call.
 
     Args:
@@ -54,9 +55,10 @@ def classify(what: str, exc: BaseException, creates: bool, url: str, elapsed: fl
         creates: the call creates something (not repeated once the request may have been processed).
         url: the server address, for the message.
         elapsed: seconds since the call (first attempt) started.
+        http_error: the SDK's error for an HTTP error answer (``ApiError``, with ``status_code`` and
+            ``body``), passed in by :mod:`cardamage.labelling.client`, the one module using the SDK.
     """
     import httpx
-    from label_studio_sdk.core.api_error import ApiError
 
     if isinstance(exc, httpx.ConnectError):
         reason = "connection refused" if "refused" in str(exc).lower() else one_line(str(exc) or "no connection")
@@ -73,7 +75,7 @@ def classify(what: str, exc: BaseException, creates: bool, url: str, elapsed: fl
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
         return LabelStudioError(f"{url} is not a usable Label Studio address ({one_line(str(exc))}): check "
                                 "LABEL_STUDIO_URL / labelstudio.url"), False
-    if isinstance(exc, ApiError):
+    if isinstance(exc, http_error):
         return api_error(what, exc, creates, url)
     if isinstance(exc, (json.JSONDecodeError, ValueError)) and not isinstance(exc, UnicodeError):
         return LabelStudioError(f"{url} answered {what} with something that is not Label Studio's "
