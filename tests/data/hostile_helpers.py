@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from PIL import Image
 
@@ -52,6 +53,24 @@ def ls(value, **result):
 
 def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def assert_named(path: Path, field: str | None, caplog) -> None:
+    """Reading ``path`` either raises an AnnotationError naming the file and ``field``, or warns naming both.
+
+    ``field=None``: the file must read (or fail) without naming a field.
+    """
+    from cardamage.data.annotations import AnnotationError
+    from cardamage.data.formats import read_annotations
+
+    with caplog.at_level(logging.WARNING):
+        try:
+            read_annotations(path)
+        except AnnotationError as exc:
+            assert field and str(path) in str(exc) and field in str(exc)
+            return
+    if field:
+        assert any(str(path) in m and field in m for m in warnings(caplog)), warnings(caplog)
 
 
 def bits(*fields: tuple[int, int]) -> list[int]:
