@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from cardamage.data.annotations import category_mapper
 from cardamage.data.dedup import file_sha256
 from cardamage.data.images import ImageLoadError, load_image
 from cardamage.errors import BadParameterError, CardamageError
-from cardamage.fileio import write_json
+from cardamage.fileio import finite_json, write_json
 from cardamage.model.bootstrap import summarize
 from cardamage.model.inference import predict_probs
 from cardamage.model.inputs import (
@@ -248,7 +247,7 @@ def evaluate(params: Params, model_path: str | Path | None = None, metrics_file:
     plots, skipped_plots = _plots(acc, preds, records, root, info, data.class_map, e, plots_dir,
                                   params.train.history_csv, splits)
     metrics["plots_skipped"] = skipped_plots
-    write_json(metrics_file, _clean(metrics))
+    write_json(metrics_file, finite_json(metrics))
     write_json(e.per_photo, per_photo.to_json(), indent=None)
     metrics["plots"] = [str(p) for p in plots]
     log.info("mean IoU %.3f, damage IoU %.3f, image F1 %.3f on %d photos", metrics["mean_iou"],
@@ -288,17 +287,6 @@ def _average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     if not len(recall):
         return 0.0
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _clean(obj: Any) -> Any:
-    """NaN / inf -> ``None`` so the JSON stays standard."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def pr_curve_problem(labels: list[bool]) -> str | None:

@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cardamage.config import Params
 from cardamage.data.dedup import file_sha256
 from cardamage.errors import BadInputError
-from cardamage.fileio import write_json
+from cardamage.fileio import finite_json, write_json
 from cardamage.model.bootstrap import paired_difference, summarize
 from cardamage.model.card import model_card, photo_counts
 from cardamage.model.evaluate import PhotoEval, evaluate_photos, evaluation_records
@@ -256,25 +254,14 @@ def _record(params: Params, decision: Decision, event: str, figs: dict[str, Any]
     """Write the decision file and add the history line."""
     from cardamage.monitoring.data_version import data_version, data_version_text
 
-    write_json(params.publish.decision, _finite(decision.to_json()))
+    write_json(params.publish.decision, finite_json(decision.to_json()))
     entry = {"time": decision.time, "event": event, "model_version": decision.candidate.get("model_version"),
              "production_before": (decision.production_before or {}).get("model_version"),
              "production": decision.production, "promoted": decision.promoted, "action": decision.action,
              "reason": decision.reason, "data_version": data_version_text(data_version(params)),
              "test_set": decision.test_set, "metrics": figs, "photos": photo_counts(params), **(extra or {})}
-    append_entry(params.publish.history, _finite(entry))
+    append_entry(params.publish.history, finite_json(entry))
     log.info("%s", decision.line())
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf -> ``None`` so the JSON stays standard."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def rollback(params: Params, now: str | None = None) -> Decision:
