@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from cardamage.config_serve import (  # noqa: F401  (re-exported: cardamage.config is where params live)
+    BatchParams, RayServeParams, ReuseParams, ServeParams, SettlementParams, StorageParams)
 from cardamage.errors import BadParameterError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -253,52 +255,6 @@ class LabelStudioParams:
     label_config: str = "annotation/label_config.xml"
     disagreement_iou: float = 0.5
     report_csv: str = "reports/annotation_vs_model.csv"
-
-
-@dataclass
-class ServeParams:
-    """The claim service (``cardamage serve``): HTTP, uploads, the photo quality gate, model reload.
-
-    Quality measures come from :mod:`cardamage.monitoring.features` on the photo downsized to
-    ``drift.max_side`` pixels, so they compare with the drift report.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_path: str | None = "models/production.keras"
-    part_model_path: str | None = None
-    max_upload_mb: float = 20.0
-    max_photos_per_request: int = 10
-    max_request_pixels: int = 130_000_000
-    max_side: int = 1024
-    incoming_dir: str = "data/incoming"
-    splash_dir: str = "reports/service/splash"
-    min_side_px: int = 320
-    min_brightness: float = 35.0
-    max_brightness: float = 230.0
-    min_contrast: float = 8.0
-    min_sharpness: float = 12.0
-    min_colours: int = 1000
-    max_flat_share: float = 0.75
-    reload_check_s: float = 10.0
-    log_format: Literal["json", "text"] = "json"
-
-
-@dataclass
-class SettlementParams:
-    """Repair-cost proposal of a claim from the damage found (price table and hand-over rules)."""
-
-    currency: str = "EUR"
-    band_edges: list[float] = field(default_factory=lambda: [0.02, 0.10])
-    prices: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {
-        "damage": {"small": [150.0, 400.0], "medium": [400.0, 1200.0], "large": [1200.0, 3500.0]}})
-    part_prices: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=lambda: {
-        "headlamp": {"damage": {"small": [250.0, 600.0], "medium": [600.0, 1400.0], "large": [1400.0, 2500.0]}}})
-    combine_photos: Literal["max", "sum"] = "max"
-    max_uncertainty: float = 0.35
-    max_damaged_share: float = 0.35
-    max_total: float = 5000.0
-    refer_on_quality_failure: bool = True
 
 
 @dataclass

@@ -29,7 +29,7 @@ from cardamage.fileio import write_bytes, write_json
 from cardamage.model.inference import predict_probs
 from cardamage.model.inputs import prepare_image, unfit
 from cardamage.model.io import ModelInfo, load_model
-from cardamage.model.regions import find_regions, remove_small_regions
+from cardamage.model.regions import Regions, find_regions
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +80,45 @@ def damage_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def find_instances(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], min_area_px: float,
-                   epsilon: float) -> list[dict[str, Any]]:
+                   epsilon: float, kept: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One record per connected damaged region (8-connectivity) of each class, largest first.
+
+    One connected-components pass per class: regions under ``min_area_px`` are dropped, the others
+    are traced into polygons inside their bounding box (plus a 1 px margin), so the cost follows the
+    regions' size, not the photo's.
 
     Args:
         labels: class mask ``[H, W]`` from :func:`damage_labels`; probs: ``[H, W, C]``.
         min_area_px: smaller regions are dropped (pixels); epsilon: polygon simplification (pixels).
+        kept: optional ``bool [H, W]``, set to ``True`` on the pixels of every region kept.
     """
     h, w = labels.shape
     found = []
     for c, name in enumerate(classes, start=1):
         regions = find_regions(labels == c)
-        for k in range(1, len(regions) + 1):
-            area = int(regions.areas[k - 1])
-            if area < min_area_px:
-                continue
-            region = regions.mask(k)
-            polygons = [poly for inst in mask_to_instances(region.astype(np.uint8), name, min_area=1.0,
-                                                           epsilon=epsilon) for poly in inst.polygons]
-            x, y, bw, bh = (int(v) for v in regions.boxes[k - 1])
-            found.append({"id": -1, "class": name, "confidence": round(float(probs[..., c][region].mean()), 4),
-                          "area_px": area, "area_share": round(area / (h * w), 6), "bbox": [x, y, bw, bh],
-                          "polygons": [[[round(px, 1), round(py, 1)] for px, py in poly] for poly in polygons]})
+        for k in np.flatnonzero(regions.areas >= min_area_px) + 1:
+            found.append(_instance(regions, int(k), probs[..., c], name, epsilon, (h, w), kept))
     found.sort(key=lambda d: -d["area_px"])
     for i, inst in enumerate(found):
         inst["id"] = i
     return found
+
+
+def _instance(regions: Regions, k: int, class_probs: np.ndarray, name: str, epsilon: float,
+              shape: tuple[int, int], kept: np.ndarray | None) -> dict[str, Any]:
+    """The record of region ``k`` (1..n); ``class_probs``: ``float32 [H, W]`` of its class."""
+    h, w = shape
+    x, y, bw, bh = (int(v) for v in regions.boxes[k - 1])
+    x0, y0, x1, y1 = max(x - 1, 0), max(y - 1, 0), min(x + bw + 1, w), min(y + bh + 1, h)
+    region = regions.labels[y0:y1, x0:x1] == k
+    if kept is not None:
+        kept[y0:y1, x0:x1] |= region
+    polygons = [poly for inst in mask_to_instances(region.astype(np.uint8), name, min_area=1.0, epsilon=epsilon)
+                for poly in inst.polygons]
+    area = int(regions.areas[k - 1])
+    return {"id": -1, "class": name, "confidence": round(float(class_probs[y0:y1, x0:x1][region].mean()), 4),
+            "area_px": area, "area_share": round(area / (h * w), 6), "bbox": [x, y, bw, bh],
+            "polygons": [[[round(px + x0, 1), round(py + y0, 1)] for px, py in poly] for poly in polygons]}
 
 
 def part_damage(part_probs: np.ndarray, damaged: np.ndarray, parts: Sequence[str],
@@ -142,9 +155,9 @@ def assess(image: np.ndarray, probs: np.ndarray, loaded: LoadedModel, params: Pa
     p = params.predict
     h, w = image.shape[:2]
     min_area = max(1.0, p.min_area_share * h * w)
-    labels = remove_small_regions(damage_labels(probs, p.threshold), len(loaded.info.classes) + 1, min_area)
-    damaged = labels > 0
-    instances = find_instances(labels, probs, loaded.info.classes, min_area, p.polygon_epsilon)
+    damaged = np.zeros((h, w), bool)  # the pixels of the regions kept (small ones dropped)
+    instances = find_instances(damage_labels(probs, p.threshold), probs, loaded.info.classes, min_area,
+                               p.polygon_epsilon, kept=damaged)
     result: dict[str, Any] = {
         "width": w, "height": h,
         "model": {"path": loaded.path, "version": loaded.info.model_version, "classes": loaded.info.classes},

@@ -28,9 +28,10 @@ from cardamage import __version__
 from cardamage.config import Params, load_params
 from cardamage.errors import BadParameterError
 from cardamage.monitoring.data_version import data_version
-from cardamage.service.claims import ClaimService
+from cardamage.service.batcher import Overloaded
+from cardamage.service.claims import ClaimService, ClientGone
 from cardamage.service.logs import REQUEST_ID, configure_logging
-from cardamage.service.middleware import RequestContext, UploadLimits
+from cardamage.service.middleware import Admission, RequestContext, UploadLimits, overloaded_body
 from cardamage.service.models import ModelHolder
 from cardamage.service.settlement import check_table
 from cardamage.service.uploads import Upload, UploadError
@@ -41,6 +42,8 @@ STATIC = Path(__file__).parent / "static"
 ASSESS_PATH = "/v1/assess"
 ASSESS_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "An empty, truncated or corrupt photo (`error.files` names each)"},
+    503: {"description": "Busy: over serve.batch.max_inflight requests or serve.batch.max_queue photos "
+                         "(`overloaded`, with `Retry-After`)"},
     413: {"description": "Over serve.max_upload_mb, over serve.max_photos_per_request, a photo over "
                          "data.max_pixels or all photos over serve.max_request_pixels (`too_many_pixels`)"},
     415: {"description": "Not multipart/form-data, a part that is not an image, or an unsupported format"},
@@ -61,10 +64,32 @@ def _error(status: int, code: str, message: str, **more: Any) -> JSONResponse:
                         status_code=status)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+async def _disconnect(request: Request) -> None:
+    """Return when the client of ``request`` (whose body is read) disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.refused("queue_full")
+        log.info("refused: %s", exc)
+        return JSONResponse(overloaded_body(str(exc)), status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone) -> JSONResponse:
+        log.info("%s", exc)
+        return _error(499, "client_closed_request", str(exc))
+
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
         log.info("refused upload: %s %s", exc.code, exc.message)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.refused(exc.code)
         return _error(exc.status, **exc.body())
 
     @app.exception_handler(StarletteHTTPException)
@@ -83,11 +108,13 @@ def _add_routes(app: FastAPI, service: ClaimService, holder: ModelHolder, params
 
     @app.post(ASSESS_PATH, summary="Assess the damage on claim photos and propose a settlement",
               responses=ASSESS_ERRORS)
-    def assess(photos: Annotated[list[UploadFile], File(description="One or more photos (JPEG, PNG, WebP)")],
-               claim_id: Annotated[str | None, Form(max_length=128, description="Your claim reference")] = None
-               ) -> JSONResponse:
-        uploads = [Upload(f.filename or f"photo{i + 1}", f.content_type, f.file.read()) for i, f in enumerate(photos)]
-        return JSONResponse(service.assess_claim(uploads, claim_id, REQUEST_ID.get() or ""))
+    async def assess(request: Request,
+                     photos: Annotated[list[UploadFile], File(description="One or more photos (JPEG, PNG, WebP)")],
+                     claim_id: Annotated[str | None, Form(max_length=128, description="Your claim reference")] = None
+                     ) -> JSONResponse:
+        uploads = [Upload(f.filename or f"photo{i + 1}", f.content_type, await f.read()) for i, f in enumerate(photos)]
+        answer = await service.assess_async(uploads, claim_id, REQUEST_ID.get() or "", lambda: _disconnect(request))
+        return JSONResponse(answer)
 
     @app.get("/v1/splash/{splash_id}.jpg", summary="Colour splash picture of an assessed photo",
              response_class=FileResponse)
@@ -121,9 +148,14 @@ def check_serve_params(params: Params) -> None:
     """Raise :class:`BadParameterError` for working-size and pixel-budget values the service cannot use."""
     s = params.serve
     need = max(params.drift.max_side, params.model.input_size)
-    if s.max_side < need:
-        raise BadParameterError(f"serve.max_side: must be at least drift.max_side ({params.drift.max_side}) and "
-                                f"model.input_size ({params.model.input_size}), got {s.max_side}")
+    for key, value in (("max_side", s.max_side), ("work_side", s.work_side)):
+        if value < need:
+            raise BadParameterError(f"serve.{key}: must be at least drift.max_side ({params.drift.max_side}) and "
+                                    f"model.input_size ({params.model.input_size}), got {value}")
+    b = s.batch
+    if min(b.max_batch, b.max_queue, b.max_inflight, b.workers) < 1 or b.max_wait_ms < 0 or b.retry_after_s < 0:
+        raise BadParameterError(f"serve.batch: max_batch, max_queue, max_inflight and workers must be >= 1, "
+                                f"max_wait_ms and retry_after_s >= 0, got {b}")
     if s.max_request_pixels < 1:
         raise BadParameterError(f"serve.max_request_pixels: must be >= 1, got {s.max_request_pixels}")
 
@@ -151,18 +183,22 @@ def create_app(params: Params | None = None, model_path: str | None = None) -> F
         if not holder.loaded:
             holder.load()
         holder.start()
+        service.batcher.start()
         log.info("serving model %s (version %s)", main, holder.current().main.info.model_version)
         try:
             yield
-        finally:
+        finally:  # uvicorn has finished the accepted requests (timeout_graceful_shutdown) before this
+            service.batcher.stop()
             holder.stop()
 
     app = FastAPI(title="cardamage claim service", version=__version__, lifespan=lifespan,
                   description="Car damage assessment of claim photos, with a settlement proposal.")
     app.state.holder, app.state.service = holder, service
-    _add_error_handlers(app)
+    _add_error_handlers(app, params.serve.batch.retry_after_s)
     _add_routes(app, service, holder, params)
     app.add_middleware(UploadLimits, max_bytes=int(params.serve.max_upload_mb * (1 << 20)), paths=(ASSESS_PATH,))
+    b = params.serve.batch
+    app.add_middleware(Admission, max_inflight=b.max_inflight, retry_after_s=b.retry_after_s, paths=(ASSESS_PATH,))
     app.add_middleware(RequestContext)
     return app
 

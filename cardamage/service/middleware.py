@@ -5,6 +5,9 @@ Pure ASGI (no ``BaseHTTPMiddleware``) so request bodies stream through unbuffere
 * :class:`RequestContext` (outermost): takes ``X-Request-ID`` from the request (1-128 characters of
   ``[A-Za-z0-9._-]``, else a new one), sends it back on every response, logs one access line, and
   turns any unhandled exception into a generic JSON 500: no stack trace reaches the client.
+* :class:`Admission`: at most ``max_inflight`` requests to the assess path at once; one more gets
+  ``503`` with ``Retry-After`` at once, before its body is read (a client that goes away, mid-upload
+  or while its photos wait for the model, frees its place when its request ends).
 * :class:`UploadLimits`: for ``POST`` to the upload paths, 415 unless the body is
   ``multipart/form-data``, and 413 when ``Content-Length`` or the bytes actually received exceed
   the limit (chunked uploads are counted as they arrive).
@@ -129,3 +132,46 @@ class UploadLimits:
             return message
 
         return counted
+
+
+class Admission:
+    """Bounded admission to the upload paths: ``503 overloaded`` + ``Retry-After`` beyond ``max_inflight``.
+
+    Args:
+        max_inflight: requests admitted at once; retry_after_s: the ``Retry-After`` header (s);
+        on_change: optional ``f(inflight)`` after every change (metrics); on_refuse: optional ``f()``.
+    """
+
+    def __init__(self, app: ASGIApp, max_inflight: int, retry_after_s: int = 1, paths: tuple[str, ...] = (),
+                 on_change: Callable[[int], None] | None = None, on_refuse: Callable[[], None] | None = None):
+        self.app, self.max_inflight, self.retry_after = app, max(1, int(max_inflight)), str(int(retry_after_s))
+        self.paths, self.on_change, self.on_refuse = paths, on_change, on_refuse
+        self.inflight = 0  # only touched on the event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            if self.on_refuse is not None:
+                self.on_refuse()
+            log.info("refused: %d requests in flight (serve.batch.max_inflight)", self.inflight)
+            await send_json(send, 503, overloaded_body(f"{self.inflight} requests are being assessed (the limit)"),
+                            [(b"retry-after", self.retry_after.encode()), (b"connection", b"close")])
+            return
+        self._change(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._change(-1)
+
+    def _change(self, delta: int) -> None:
+        self.inflight += delta
+        if self.on_change is not None:
+            self.on_change(self.inflight)
+
+
+def overloaded_body(why: str) -> dict[str, Any]:
+    """The JSON body of a ``503 overloaded`` answer."""
+    return {"error": {"code": "overloaded", "message": f"The service is busy: {why}. Try again shortly "
+                      "(see Retry-After)."}, "request_id": REQUEST_ID.get()}

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from cardamage.errors import BadInputError, ModelMismatchError
+from cardamage.model.inference import predict_with_embeddings
 from cardamage.model.io import check_compatible, load_model, read_model_info
-from cardamage.model.predict import LoadedModel, full_res_probs
+from cardamage.model.predict import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def load_warm(path: str, expect_classes: Sequence[str] | None = None,
     """
     model, info = load_model(path, expect_classes, expect_input_size)
     loaded = LoadedModel(model, info, str(path))
-    (probs,) = full_res_probs(loaded, [np.zeros((info.input_size, info.input_size, 3), np.uint8)])
+    zeros = np.zeros((1, info.input_size, info.input_size, 3), np.float32)
+    (probs,), _ = predict_with_embeddings(model, zeros)  # builds the graph the micro-batcher calls
     if probs.shape[-1] != info.num_outputs:
         raise ModelMismatchError(f"{path}: the network has {probs.shape[-1]} output channels but its info "
                                  f"names {len(info.classes)} classes {list(info.classes)} (+ background)")

@@ -8,9 +8,10 @@ sides, so by default (``combine_photos: max``) the costliest photo gives the cla
 adds the photos up.
 
 The first rule that applies decides, and the proposal names it (``rule``) with a sentence
-(``reason``): ``quality_gate``, ``no_photo``, ``no_damage``, ``large_damage``, ``uncertain``,
-``no_price``, ``amount_limit``, else ``price_table``. ``decision`` is ``estimate``, ``no_damage`` or
-``refer_to_handler``; a referred claim keeps its estimate when one could be priced, for the handler.
+(``reason``): ``reused_photo`` (a photo seen before under another claim), ``quality_gate``,
+``no_photo``, ``no_damage``, ``large_damage``, ``uncertain``, ``no_price``, ``amount_limit``, else
+``price_table``. ``decision`` is ``estimate``, ``no_damage`` or ``refer_to_handler``; a referred
+claim keeps its estimate when one could be priced, for the handler.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class PhotoDamage:
         quality_ok: passed the quality gate (a photo that did not is not assessed).
         damaged_share: damaged pixels / all pixels [0-1].
         instances: damage regions: ``class``, ``confidence`` [0-1], ``area_share`` [0-1], optional ``part``.
+        reuse: earlier photos of other claims this photo is or nearly is (:mod:`cardamage.service.reuse`).
     """
 
     name: str
     quality_ok: bool
     damaged_share: float = 0.0
     instances: Sequence[dict[str, Any]] = ()
+    reuse: Sequence[dict[str, Any]] = ()
 
 
 def check_table(p: SettlementParams) -> None:
@@ -100,6 +103,11 @@ def price_photos(photos: Sequence[PhotoDamage], p: SettlementParams) -> tuple[li
 def _rule(photos: Sequence[PhotoDamage], lines: list[dict[str, Any]], total: dict[str, float],
           p: SettlementParams) -> tuple[str, str]:
     """The first applying rule and its reason."""
+    reused = [ph for ph in photos if ph.reuse]
+    if reused:
+        claims = sorted({str(m.get("claim_id")) for ph in reused for m in ph.reuse})
+        return "reused_photo", (f"{len(reused)} photo(s) seen before under another claim "
+                                f"({', '.join(ph.name for ph in reused)}; claim(s) {', '.join(claims)})")
     failed = [ph.name for ph in photos if not ph.quality_ok]
     if failed and p.refer_on_quality_failure:
         return "quality_gate", f"{len(failed)} photo(s) failed the quality check ({', '.join(failed)})"
