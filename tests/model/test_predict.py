@@ -14,10 +14,12 @@ from PIL import Image
 
 from cardamage.cli import main
 from cardamage.config import ModelParams
+from cardamage.data.masks import mask_to_instances
 from cardamage.model.heads import build_model
 from cardamage.model.inputs import fit_geometry, unfit
 from cardamage.model.io import ModelInfo, save_model
-from cardamage.model.predict import damage_labels, find_instances, part_damage, remove_small_regions
+from cardamage.model.predict import damage_labels, find_instances, part_damage
+from cardamage.model.regions import find_regions, remove_small_regions
 
 PARTS = ["headlamp", "door", "front_bumper", "hood", "rear_bumper"]
 
@@ -103,11 +105,33 @@ def test_small_regions_and_part_shares():
     labels = np.zeros((20, 20), np.uint8)
     labels[0:2, 0:2] = 1
     labels[10:20, 10:20] = 1
-    kept = remove_small_regions(labels, 2, min_area_px=5)
-    assert kept[0:2, 0:2].sum() == 0 and kept[10:20, 10:20].all()
+    kept = np.zeros(labels.shape, bool)  # the one-pass mask of the regions find_instances keeps
+    instances = find_instances(labels, np.ones((20, 20, 2), np.float32), ["damage"], min_area_px=5, epsilon=1.0,
+                               kept=kept)
+    assert len(instances) == 1 and not kept[0:2, 0:2].any() and kept[10:20, 10:20].all()
+    assert np.array_equal(kept, remove_small_regions(labels, 2, min_area_px=5) > 0)
     part_probs = np.zeros((20, 20, 3), np.float32)
     part_probs[..., 0] = 1
     part_probs[:, 10:, 1] = 2  # left half background, right half part 1 ("door")
     shares = part_damage(part_probs, kept > 0, ["door", "hood"], min_area_px=1)
     assert shares == [{"part": "door", "visible_px": 200, "visible_share": 0.5, "damaged_px": 100,
                        "damaged_share": 0.5}]
+
+
+def test_instances_traced_in_their_box_match_tracing_the_whole_photo():
+    """Polygons traced inside each region's box (plus 1 px) are those traced on the whole mask, shifted back."""
+    rng = np.random.default_rng(3)
+    blobs = cv2.GaussianBlur(rng.random((90, 130)).astype(np.float32), (0, 0), 4)
+    labels = (blobs > np.quantile(blobs, 0.7)).astype(np.uint8)
+    labels[0:6, 0:9] = 1  # a region on the photo's corner
+    probs = np.stack([1 - labels, labels], -1).astype(np.float32)
+    found = find_instances(labels, probs, ["damage"], min_area_px=3, epsilon=1.0)
+    regions = find_regions(labels == 1)
+    whole = {}
+    for k in np.flatnonzero(regions.areas >= 3) + 1:
+        polys = [q for inst in mask_to_instances(regions.mask(k).astype(np.uint8), "damage", 1.0, 1.0)
+                 for q in inst.polygons]
+        whole[tuple(int(v) for v in regions.boxes[k - 1])] = [[[round(x, 1), round(y, 1)] for x, y in q] for q in polys]
+    assert len(found) == len(whole) > 3
+    for inst in found:
+        assert inst["polygons"] == whole[tuple(inst["bbox"])]
