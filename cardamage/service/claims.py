@@ -152,8 +152,7 @@ class ClaimService:
         self.incoming = IncomingStore(params.serve.incoming_dir)
         self.splashes = SplashStore(params.serve.splash_dir)
         b = params.serve.batch
-        self.batcher = MicroBatcher(holder.current, model_call, b.max_batch, b.max_wait_ms, b.max_queue,
-                                    on_batch=metrics.observe_batch if metrics is not None else None)
+        self.batcher = MicroBatcher(holder.current, model_call, b.max_batch, b.max_wait_ms, b.max_queue, metrics)
         self._cpu = threading.BoundedSemaphore(max(1, b.workers))
 
     @property
@@ -185,7 +184,7 @@ class ClaimService:
         first (the photos still waiting are dropped from the queue)."""
         photos, verdicts = await run_in_threadpool(self.decode, uploads)
         future = self.submit(photos, verdicts)
-        output = await _wait(future, disconnected) if future is not None else None
+        output = await _wait(future, disconnected, self.batcher) if future is not None else None
         return await run_in_threadpool(self.finish, photos, verdicts, output, claim_id, request_id)
 
     def finish(self, photos: Sequence[Photo], verdicts: Sequence[QualityVerdict], output: BatchOutput | None,
@@ -247,7 +246,8 @@ class ClaimService:
             return []
 
 
-async def _wait(future: Future, disconnected: Callable[[], Awaitable[Any]] | None) -> BatchOutput:
+async def _wait(future: Future, disconnected: Callable[[], Awaitable[Any]] | None,
+                batcher: MicroBatcher) -> BatchOutput:
     """The batcher's output, or :class:`ClientGone` (and the job cancelled) when the client goes first."""
     result = asyncio.wrap_future(future)
     if disconnected is None:
@@ -259,7 +259,7 @@ async def _wait(future: Future, disconnected: Callable[[], Awaitable[Any]] | Non
         watch.cancel()
     if result in done:
         return result.result()
-    future.cancel()  # still queued: dropped; already running: its answer is thrown away
+    batcher.cancel(future)  # still queued: dropped; already running: its answer is thrown away
     result.cancel()
     raise ClientGone("the client disconnected while its photos waited for the model")
 
