@@ -158,6 +158,11 @@ def check_serve_params(params: Params) -> None:
         raise BadParameterError(f"serve.max_request_pixels: must be >= 1, got {s.max_request_pixels}")
 
 
+def _inflight(service: ClaimService, metrics: ServiceMetrics, n: int) -> None:
+    service.inflight = n
+    metrics.set_inflight(n)
+
+
 def open_reuse(params: Params) -> ReuseIndex | None:
     """The reuse index of ``serve.reuse`` (``None`` when off, or when its file is unreadable: logged once)."""
     r = params.serve.reuse
@@ -219,7 +224,7 @@ def create_app(params: Params | None = None, model_path: str | None = None) -> F
     app.add_middleware(UploadLimits, max_bytes=int(params.serve.max_upload_mb * (1 << 20)), paths=(ASSESS_PATH,))
     b = params.serve.batch
     app.add_middleware(Admission, max_inflight=b.max_inflight, retry_after_s=b.retry_after_s, paths=(ASSESS_PATH,),
-                       on_change=metrics.set_inflight)
+                       on_change=lambda n: _inflight(service, metrics, n))
     app.add_middleware(RequestContext)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -70,15 +70,19 @@ class MicroBatcher:
         predict: runs the models on a stacked batch (see :data:`PredictFn`).
         max_batch: photos per model call; max_wait_ms: the longest a job waits for others (ms);
         max_queue: photos that may wait; metrics: optional :class:`~cardamage.service.metrics.ServiceMetrics`
-            (queue depth, queue wait, batch size and model time).
+            (queue depth, queue wait, batch size and model time);
+        inflight: optional count of requests admitted (:class:`~cardamage.service.middleware.Admission`):
+            when every one of them has its job queued, nobody else can come, so the batch starts at once
+            (a lone client does not wait ``max_wait_ms``).
     """
 
     def __init__(self, current: Callable[[], Models], predict: PredictFn, max_batch: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 64, metrics: Any = None):
+                 max_wait_ms: float = 5.0, max_queue: int = 64, metrics: Any = None,
+                 inflight: Callable[[], int] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"serve.batch: max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got "
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
-        self.current, self.predict, self.metrics = current, predict, metrics
+        self.current, self.predict, self.metrics, self.inflight = current, predict, metrics, inflight
         self.max_batch, self.max_wait_s, self.max_queue = int(max_batch), max_wait_ms / 1000.0, int(max_queue)
         self._jobs: deque[_Job] = deque()
         self._waiting = 0  # photos in self._jobs
@@ -153,7 +157,7 @@ class MicroBatcher:
                     return None
                 self._cond.wait(0.5)
             deadline = self._jobs[0].queued + self.max_wait_s
-            while self._waiting < self.max_batch and not self._closed:
+            while self._waiting < self.max_batch and not self._closed and not self._all_here():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -171,6 +175,10 @@ class MicroBatcher:
                 for job in jobs:
                     self.metrics.observe_queue_wait(now - job.queued)
             return jobs
+
+    def _all_here(self) -> bool:
+        """Whether every admitted request has its job queued (no one else to wait for)."""
+        return self.inflight is not None and len(self._jobs) >= self.inflight()
 
     def _depth_changed(self) -> None:
         """Report the queue depth (called with the lock held)."""

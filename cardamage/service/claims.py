@@ -152,7 +152,9 @@ class ClaimService:
         self.incoming = IncomingStore(params.serve.incoming_dir)
         self.splashes = SplashStore(params.serve.splash_dir)
         b = params.serve.batch
-        self.batcher = MicroBatcher(holder.current, model_call, b.max_batch, b.max_wait_ms, b.max_queue, metrics)
+        self.inflight = 0  #: requests admitted now (set by the app's Admission middleware)
+        self.batcher = MicroBatcher(holder.current, model_call, b.max_batch, b.max_wait_ms, b.max_queue, metrics,
+                                    inflight=lambda: self.inflight)
         self._cpu = threading.BoundedSemaphore(max(1, b.workers))
 
     @property

@@ -5,6 +5,7 @@ client that goes away frees its place, /metrics and the offline /docs)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import socket
@@ -163,7 +164,8 @@ def test_admission_answers_503_with_retry_after_beyond_max_inflight():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app with batches of up to 4 photos, each waiting up to 3 s for the others."""
+    """The app with batches of up to 4 photos, each waiting up to 3 s for the others (fewer when every
+    admitted request is already queued)."""
     from cardamage.service.app import create_app
 
     tmp = tmp_path_factory.mktemp("batching")
@@ -186,54 +188,96 @@ def photos(n: int) -> list[bytes]:
     return [jpeg_bytes(car_photo(name, (480, 360))) for name in ["11.jpg", "12.jpg", "28.jpg", "45.jpg"][:n]]
 
 
-@pytest.mark.slow
-def test_concurrent_requests_are_predicted_in_one_model_call(server):
-    client, data = server["client"], photos(4)
-    before = metric(client, "cardamage_batch_size_count")
-    barrier, answers = threading.Barrier(4), [None] * 4
+@contextlib.contextmanager
+def held_model(batcher):
+    """Hold the real model call of the next batch until the block ends; yields the event set on entry."""
+    real, entered, release = batcher.predict, threading.Event(), threading.Event()
 
-    def one(i: int) -> None:
-        barrier.wait()
-        with httpx.Client(base_url=server["url"], timeout=120) as c:
-            answers[i] = c.post("/v1/assess", files=[("photos", (f"p{i}.jpg", data[i], "image/jpeg"))])
+    def held(models, batch):
+        entered.set()
+        release.wait(60)
+        return real(models, batch)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert [a.status_code for a in answers] == [200] * 4
-    for i, a in enumerate(answers):  # each answer is about its own photo
-        (ph,) = a.json()["photos"]
-        assert ph["filename"] == f"p{i}.jpg" and ph["sha256"] == hashlib.sha256(data[i]).hexdigest()
-        assert ph["width"] == 480 and ph["assessed"]
-    assert metric(client, "cardamage_batch_size_count") - before == 1  # 4 waiting: one call, no 3 s wait
-    assert metric(client, "cardamage_batch_size_sum") >= 4
+    batcher.predict = held
+    try:
+        yield entered
+    finally:
+        batcher.predict = real
+        release.set()
+
+
+def raw_upload(url: str, name: str, data: bytes) -> socket.socket:
+    """A connected socket that has sent a complete one-photo ``POST /v1/assess``."""
+    boundary = "xyzzy"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{name}\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST /v1/assess HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary="
+                 f"{boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def until(condition, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
 def test_a_client_that_goes_away_frees_its_place_and_costs_no_model_call(server):
-    client = server["client"]
-    data = jpeg_bytes(car_photo("60.jpg", (480, 360)))
+    """While a first request holds the model, a second one queues, then its client disconnects: its place
+    and its queue slot are free at once, it never reaches the model, and its photo is not stored."""
+    client, batcher = server["client"], server["app"].state.service.batcher
+    first, gone = photos(1)[0], jpeg_bytes(car_photo("60.jpg", (480, 360)))
     before = metric(client, "cardamage_batch_size_count")
-    boundary = "xyzzy"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"gone.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    host, port = server["url"].removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(f"POST /v1/assess HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary="
-                     f"{boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 20
-        while metric(client, "cardamage_queue_depth") < 1:  # decoded and waiting for 3 s for company
-            assert time.monotonic() < deadline, "the photo never reached the queue"
-            time.sleep(0.05)
-    deadline = time.monotonic() + 2.5  # well before its batch would start
-    while metric(client, "cardamage_assess_in_flight") > 0 or metric(client, "cardamage_queue_depth") > 0:
-        assert time.monotonic() < deadline, "the request kept its place after its client left"
-        time.sleep(0.05)
-    time.sleep(3.5)
-    assert metric(client, "cardamage_batch_size_count") == before
-    assert not list((server["tmp"] / "incoming").glob(f"{hashlib.sha256(data).hexdigest()}.*"))
+    answer = {}
+    with held_model(batcher) as entered:
+        t = threading.Thread(target=lambda: answer.update(r=httpx.post(
+            server["url"] + "/v1/assess", files=[("photos", ("first.jpg", first, "image/jpeg"))], timeout=120)))
+        t.start()
+        assert entered.wait(60)
+        with raw_upload(server["url"], "gone.jpg", gone):
+            until(lambda: batcher.depth == 1, "the second photo never reached the queue")
+        until(lambda: batcher.depth == 0 and metric(client, "cardamage_assess_in_flight") == 1,
+              "the request kept its place after its client left", 10)
+    t.join(120)
+    assert answer["r"].status_code == 200
+    assert metric(client, "cardamage_batch_size_count") - before == 1  # only the first request's call
+    assert metric(client, "cardamage_assess_in_flight") == 0
+    assert not list((server["tmp"] / "incoming").glob(f"{hashlib.sha256(gone).hexdigest()}.*"))
+
+
+@pytest.mark.slow
+def test_requests_that_wait_together_are_predicted_in_one_model_call(server):
+    """The first request's model call is held (the real call, behind an event) while 3 more arrive: those 3
+    are then one model call, and each answer is about its own photo."""
+    client, data = server["client"], photos(4)
+    batcher = server["app"].state.service.batcher
+    before = (metric(client, "cardamage_batch_size_count"), metric(client, "cardamage_batch_size_sum"))
+    answers = [None] * 4
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=server["url"], timeout=120) as c:
+            answers[i] = c.post("/v1/assess", files=[("photos", (f"p{i}.jpg", data[i], "image/jpeg"))])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    with held_model(batcher) as entered:
+        threads[0].start()
+        assert entered.wait(60)
+        for t in threads[1:]:
+            t.start()
+        until(lambda: batcher.depth == 3, "the other requests never reached the queue", 30)
+    for t in threads:
+        t.join(120)
+    assert [a.status_code for a in answers] == [200] * 4
+    for i, a in enumerate(answers):
+        (ph,) = a.json()["photos"]
+        assert ph["filename"] == f"p{i}.jpg" and ph["sha256"] == hashlib.sha256(data[i]).hexdigest()
+        assert ph["width"] == 480 and ph["assessed"]
+    assert metric(client, "cardamage_batch_size_count") - before[0] == 2  # [p0], then [p1, p2, p3]
+    assert metric(client, "cardamage_batch_size_sum") - before[1] == 4
 
 
 @pytest.mark.slow
