@@ -1,24 +1,29 @@
-"""Benchmark the claim service on loopback: latency and throughput at 1, 4 and 16 clients, and memory.
+"""Benchmark the claim service on loopback beside raw ``model.predict``: latency, throughput, overload, memory.
 
-In one run:
+In one run, on the same photos (``--photos``, 1024 px sample photos):
 
-* the model alone: :func:`cardamage.model.predict.full_res_probs` on each photo, one at a time, in this
-  process (network + letterbox undone), and the same plus :func:`cardamage.model.predict.assess`;
-* the service: ``cardamage serve`` started as a subprocess on 127.0.0.1 (a free port, its own
-  incoming pool and splash folder under a temporary folder), single-photo ``POST /v1/assess``
-  requests from 1, 4 and 16 client threads: requests/s and latency p50 / p95 / p99, and the p50
-  as a multiple of the model's own predict time;
-* memory: the server's RSS after the warm-up and every 100 requests of a soak of ``--soak``
-  requests (4 clients); no growth expected (photos repeat, so the pool does not grow either).
+* the peer, raw Keras: the photo decoded and letterboxed, then ``model.predict`` on one photo (what a
+  user's script does) and ``model.predict_on_batch`` on batches of 1, 4, 8 and 16 (the model's best
+  batched throughput, network only: the strictest baseline);
+* the service: ``cardamage serve`` (``--engines local,ray``: uvicorn, and Ray Serve when installed)
+  as a subprocess on 127.0.0.1 with its own pool and splash folders, single-photo ``POST /v1/assess``
+  from 1, 4, 16 and 64 client threads: accepted requests/s and latency p50 / p95 / p99, refusals
+  (``503``) and how fast they came, each as a ratio to the peer;
+* memory: the server's RSS (with its children: Ray replicas) after the warm-up and every 100
+  requests of a ``--soak`` of requests (16 clients), and the peak;
+* the answer: :mod:`service_equivalence` (work grid vs full resolution on the sample photos).
 
-Bounded: ``--requests`` per level, ``--soak`` requests, ``--max-seconds`` for the soak.
+The goal of issue 15 is checked and printed: 1 client p95 <= 1.2x one ``model.predict``; 16 clients
+>= 0.8x the best batched throughput with p99 <= 2x p50; 64 clients: refusals within 50 ms, no
+timeout, accepted p99 <= 2x p50; RSS flat over the soak.
 The model is ``--model FILE`` or an untrained network built from ``params.yaml``'s ``model``
-section at ``--size`` (weights do not change the cost).
+section at ``--size`` (weights do not change the cost). Client threads share the 2 cores with the
+server, as they would on one machine.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_service.py [--photos data/sample/test] [--size 256] [--model FILE]
-        [--requests 48] [--soak 1000] [--max-seconds 300] [--out reports/bench_service.json]
+    .venv/bin/python benchmarks/bench_service.py [--size 256] [--model FILE] [--engines local,ray]
+        [--requests 96] [--soak 10000] [--max-seconds 600] [--out reports/bench_service.json]
 """
 
 from __future__ import annotations
@@ -63,32 +68,46 @@ def build_model(tmp: Path, size: int) -> str:
 
 
 def model_times(model_path: str, files: list[Path]) -> dict[str, float]:
-    """Median seconds per photo of the model alone, and of model + assessment, one photo at a time."""
-    from cardamage.config import load_params
+    """The peer: seconds per photo of raw ``model.predict`` (one decoded, letterboxed photo), and the best
+    batched throughput of ``predict_on_batch`` (photos/s over batches of 1, 4, 8, 16)."""
     from cardamage.data.images import load_image
+    from cardamage.model.inputs import prepare_image
     from cardamage.model.io import load_model
-    from cardamage.model.predict import LoadedModel, assess, full_res_probs
 
-    params = load_params(REPO / "params.yaml")
-    loaded = LoadedModel(*load_model(model_path), model_path)
-    images = [load_image(f) for f in files]
-    full_res_probs(loaded, images[:1])  # warm-up
-    predict, both = [], []
-    for img in images * 2:
+    model, info = load_model(model_path)
+    images = [load_image(f, max_side=1024) for f in files]
+    x = np.stack([prepare_image(img, info.input_size, info.resize)[0] for img in images])
+    model.predict(x[:1], verbose=0)  # warm-up
+    single, raw = [], []
+    for img in images * 3:
         t0 = time.perf_counter()
-        probs = full_res_probs(loaded, [img])[0]
-        t1 = time.perf_counter()
-        assess(img, probs, loaded, params)
-        predict.append(t1 - t0)
-        both.append(time.perf_counter() - t0)
-    return {"predict_s": float(np.median(predict)), "predict_assess_s": float(np.median(both))}
+        a, _ = prepare_image(img, info.input_size, info.resize)
+        model.predict(a[None], verbose=0)
+        single.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model.predict_on_batch(a[None])
+        raw.append(time.perf_counter() - t0)
+    best = {}
+    for bs in (1, 4, 8, 16):
+        batch = np.concatenate([x] * (bs // len(x) + 1))[:bs]
+        model.predict_on_batch(batch)
+        t0 = time.perf_counter()
+        for _ in range(max(2, 32 // bs)):
+            model.predict_on_batch(batch)
+        best[bs] = bs * max(2, 32 // bs) / (time.perf_counter() - t0)
+    return {"predict_s": float(np.median(single)), "predict_p95_s": float(np.percentile(single, 95)),
+            "predict_on_batch_1_s": float(np.median(raw)),
+            "batched_photos_per_s": {k: round(v, 1) for k, v in best.items()},
+            "best_batched_photos_per_s": round(max(best.values()), 1)}
 
 
-def start_server(model_path: str, tmp: Path, port: int) -> subprocess.Popen:
+def start_server(model_path: str, tmp: Path, port: int, engine: str = "local",
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """``cardamage serve`` in a subprocess; returns once /health answers."""
     import httpx
 
     cmd = [sys.executable, "-m", "cardamage.cli", "serve", "--port", str(port), "--model", model_path,
+           "--engine", engine, "--set", f"model.input_size={_input_size(model_path)}", *extra,
            "--params", str(REPO / "params.yaml"),
            "--set", f"serve.incoming_dir={tmp / 'incoming'}", "--set", f"serve.splash_dir={tmp / 'splash'}",
            "--set", "serve.reload_check_s=0", "--set", "serve.max_photos_per_request=1"]
@@ -110,11 +129,12 @@ def start_server(model_path: str, tmp: Path, port: int) -> subprocess.Popen:
 
 def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
          max_seconds: float = 1e9, on_done: Any = None) -> dict[str, Any]:
-    """``total`` single-photo requests from ``clients`` threads; latencies and throughput."""
+    """``total`` single-photo requests from ``clients`` threads: accepted latencies, refusals, throughput."""
     import httpx
 
-    latencies: list[float] = []
-    errors: list[int] = []
+    accepted: list[float] = []
+    refused: list[float] = []
+    errors: list[str] = []
     counter = iter(range(total))
     lock = threading.Lock()
     stop_at = time.monotonic() + max_seconds
@@ -128,12 +148,20 @@ def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
                     return
                 name, data = payloads[i % len(payloads)]
                 t0 = time.perf_counter()
-                r = c.post("/v1/assess", files=[("photos", (name, data, "image/jpeg"))])
+                try:
+                    r = c.post("/v1/assess", files=[("photos", (name, data, "image/jpeg"))])
+                    status = r.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                took = time.perf_counter() - t0
                 with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    if r.status_code != 200:
-                        errors.append(r.status_code)
-                    done = len(latencies)
+                    if status == 200:
+                        accepted.append(took)
+                    elif status == 503:
+                        refused.append(took)
+                    else:
+                        errors.append(str(status))
+                    done = len(accepted) + len(refused) + len(errors)
                 if on_done:
                     on_done(done)
 
@@ -144,21 +172,32 @@ def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat = np.asarray(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": round(wall, 2),
-            "requests_per_s": round(len(latencies) / wall, 2),
-            **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}}
+    lat = np.asarray(accepted or [np.nan]) * 1000
+    ref = np.asarray(refused or [np.nan]) * 1000
+    return {"clients": clients, "requests": len(accepted) + len(refused) + len(errors), "accepted": len(accepted),
+            "refused_503": len(refused), "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "seconds": round(wall, 2), "requests_per_s": round(len(accepted) / wall, 2),
+            **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
+            "refusal_p99_ms": round(float(np.percentile(ref, 99)), 1) if refused else None}
 
 
 def rss_mb(pid: int) -> float:
+    """RSS of the process and its children (Ray's replicas and workers) in MiB."""
     import psutil
 
-    return psutil.Process(pid).memory_info().rss / (1 << 20)
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / (1 << 20)
 
 
 def soak(url: str, pid: int, payloads: list[tuple[str, bytes]], n: int, max_seconds: float) -> dict[str, Any]:
-    """RSS after warm-up, then every 100 of ``n`` requests (4 clients)."""
-    load(url, payloads, 20, 4)
+    """RSS after warm-up, then every 100 of ``n`` requests (16 clients)."""
+    load(url, payloads, 32, 16)
     samples = [(0, rss_mb(pid))]
     marks = set(range(100, n + 1, 100))
 
@@ -166,13 +205,85 @@ def soak(url: str, pid: int, payloads: list[tuple[str, bytes]], n: int, max_seco
         if done in marks:
             samples.append((done, rss_mb(pid)))
 
-    run = load(url, payloads, n, 4, max_seconds, sample)
+    run = load(url, payloads, n, 16, max_seconds, sample)
     if samples[-1][0] != run["requests"]:
         samples.append((run["requests"], rss_mb(pid)))
     return {"requests": run["requests"], "errors": run["errors"], "seconds": run["seconds"],
             "rss_after_warmup_mb": round(samples[0][1], 1), "rss_after_soak_mb": round(samples[-1][1], 1),
             "rss_growth_mb": round(samples[-1][1] - samples[0][1], 1),
+            "rss_slope_mb_per_1000": _slope(samples),
+            "rss_peak_mb": round(max(v for _, v in samples), 1),
             "rss_samples_mb": [[k, round(v, 1)] for k, v in samples]}
+
+
+def _slope(samples: list[tuple[int, float]]) -> float | None:
+    """Least-squares RSS trend in MB per 1,000 requests, the first fifth of the soak left out (warm-up)."""
+    tail = samples[len(samples) // 5:]
+    if len(tail) < 3:
+        return None
+    x, y = np.array([k for k, _ in tail], float), np.array([v for _, v in tail], float)
+    return round(float(np.polyfit(x, y, 1)[0] * 1000), 2)
+
+
+def server_refusals(log: Path) -> dict[str, Any]:
+    """Server-side time to answer the ``503`` s (the access log's ``duration_ms``), from the JSON log lines."""
+    took = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"status": 503' not in line:
+            continue
+        try:
+            took.append(float(json.loads(line)["duration_ms"]))
+        except (ValueError, KeyError):
+            continue
+    return {"count": len(took), "p50_ms": round(float(np.percentile(took, 50)), 2) if took else None,
+            "p99_ms": round(float(np.percentile(took, 99)), 2) if took else None,
+            "max_ms": round(max(took), 2) if took else None}
+
+
+def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], args: argparse.Namespace,
+               model: dict[str, Any]) -> dict[str, Any]:
+    """One engine: its levels and its soak, with the ratios to the peer."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_service_{engine}_"))
+    port = free_port()
+    proc = start_server(model_path, tmp, port, engine)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        load(url, payloads, 16, 4)  # warm-up
+        levels = [load(url, payloads, max(args.requests, 3 * c), c) for c in map(int, args.levels.split(","))]
+        for lv in levels:
+            lv["p95_over_model_predict"] = round(lv["p95_ms"] / 1000 / model["predict_s"], 2)
+            lv["throughput_over_best_batched"] = round(lv["requests_per_s"] / model["best_batched_photos_per_s"], 2)
+            lv["p99_over_p50"] = round(lv["p99_ms"] / lv["p50_ms"], 2)
+        memory = soak(url, proc.pid, payloads, args.soak, args.max_seconds) if args.soak else None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    refusals = server_refusals(tmp / "server.log")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"engine": engine, "levels": levels, "memory": memory, "server_503": refusals}
+
+
+def goals(r: dict[str, Any]) -> dict[str, bool]:
+    """Issue 15's goals on one engine's figures."""
+    by = {lv["clients"]: lv for lv in r["levels"]}
+    out = {}
+    if 1 in by:
+        out["1 client p95 <= 1.2x model.predict"] = by[1]["p95_over_model_predict"] <= 1.2
+    if 16 in by:
+        out["16 clients >= 0.8x best batched throughput"] = by[16]["throughput_over_best_batched"] >= 0.8
+        out["16 clients p99 <= 2x p50"] = by[16]["p99_over_p50"] <= 2.0
+    if 64 in by:
+        lv = by[64]
+        server = r.get("server_503") or {}
+        out["64 clients: 503 within 50 ms (server side p99), no timeout"] = lv["errors"] == 0 and (
+            server.get("p99_ms") is None or server["p99_ms"] <= 50)
+        out["64 clients: 503 within 50 ms as the clients saw it (p99)"] = lv["errors"] == 0 and (
+            lv["refusal_p99_ms"] is None or lv["refusal_p99_ms"] <= 50)
+        out["64 clients accepted p99 <= 2x p50"] = lv["p99_over_p50"] <= 2.0
+    if r.get("memory"):
+        slope = r["memory"]["rss_slope_mb_per_1000"]
+        out["RSS flat over the soak (trend < 5 MB per 1,000 requests)"] = slope is not None and abs(slope) < 5
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -181,10 +292,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--limit", type=int, default=8, help="photos used (cycled)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--size", type=int, default=256, help="input size of the untrained default model")
-    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
-    ap.add_argument("--levels", default="1,4,16")
-    ap.add_argument("--soak", type=int, default=1000)
-    ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound of the soak")
+    ap.add_argument("--requests", type=int, default=96, help="requests per concurrency level (at least 3 per client)")
+    ap.add_argument("--levels", default="1,4,16,64")
+    ap.add_argument("--engines", default="local", help="comma-separated: local, ray")
+    ap.add_argument("--soak", type=int, default=10000, help="requests of the memory soak (0: none)")
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="time bound of the soak")
     ap.add_argument("--out", default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -194,22 +306,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = list_images(args.photos)[:args.limit]
     payloads = [(f.name, f.read_bytes()) for f in files]
     model_path = str(Path(args.model).resolve()) if args.model else build_model(tmp, args.size)
-    port = free_port()
-    proc = start_server(model_path, tmp, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        model = model_times(model_path, files)
-        load(url, payloads, 8, 2)  # warm-up
-        levels = [load(url, payloads, max(args.requests, 3 * c), c) for c in map(int, args.levels.split(","))]
-        for lv in levels:
-            lv["p50_over_model_predict"] = round(lv["p50_ms"] / 1000 / model["predict_s"], 2)
-        memory = soak(url, proc.pid, payloads, args.soak, args.max_seconds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    shutil.rmtree(tmp, ignore_errors=True)  # kept (with server.log) only when the run failed
+    model = model_times(model_path, files)
+    engines = [run_engine(e, model_path, payloads, args, model) for e in args.engines.split(",")]
+    for e in engines:
+        e["goals"] = goals(e)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from service_equivalence import compare
+
+    same = compare(argparse.Namespace(model=None, size=args.size, limit=40, tolerance=0.05))
+    same.pop("rows")
     result = {"photos": len(files), "photo_px": _sizes(files), "model_path": model_path,
-              "model": {k: round(v * 1000, 1) for k, v in model.items()}, "levels": levels, "memory": memory,
+              "model": model, "engines": engines, "equivalence": same,
               "cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
     _print(result)
     if args.out:
@@ -217,6 +324,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         write_json(args.out, result)
     return result
+
+
+def _input_size(model_path: str) -> int:
+    from cardamage.model.io import read_model_info
+
+    return int(read_model_info(model_path).input_size)
 
 
 def _sizes(files: list[Path]) -> list[str]:
@@ -227,16 +340,33 @@ def _sizes(files: list[Path]) -> list[str]:
 
 def _print(r: dict[str, Any]) -> None:
     m = r["model"]
-    print(f"model alone: predict {m['predict_s']:.1f} ms/photo, predict + assess {m['predict_assess_s']:.1f} ms "
-          f"({r['photos']} photos {', '.join(r['photo_px'])})")
-    print(f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p50/model':>9} {'errors':>6}")
-    for lv in r["levels"]:
-        print(f"{lv['clients']:>7} {lv['requests_per_s']:>7} {lv['p50_ms']:>8} {lv['p95_ms']:>8} {lv['p99_ms']:>8} "
-              f"{lv['p50_over_model_predict']:>9} {lv['errors']:>6}")
-    mem = r["memory"]
-    print(f"RSS after warm-up {mem['rss_after_warmup_mb']} MB, after {mem['requests']} requests "
-          f"{mem['rss_after_soak_mb']} MB (growth {mem['rss_growth_mb']:+} MB, {mem['errors']} errors)")
-    print(json.dumps(mem["rss_samples_mb"]))
+    print(f"peer, raw Keras ({r['photos']} photos {', '.join(r['photo_px'])}): model.predict "
+          f"{1000 * m['predict_s']:.1f} ms/photo (p95 {1000 * m['predict_p95_s']:.1f}), predict_on_batch(1) "
+          f"{1000 * m['predict_on_batch_1_s']:.1f} ms; batched photos/s {m['batched_photos_per_s']} "
+          f"(best {m['best_batched_photos_per_s']})")
+    for e in r["engines"]:
+        print(f"\nengine {e['engine']}:")
+        print(f"{'clients':>7} {'req/s':>7} {'xbatch':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p95/pred':>8} "
+              f"{'p99/p50':>7} {'503s':>5} {'503 p99':>8} {'errors':>6}")
+        for lv in e["levels"]:
+            print(f"{lv['clients']:>7} {lv['requests_per_s']:>7} {lv['throughput_over_best_batched']:>6} "
+                  f"{lv['p50_ms']:>8} {lv['p95_ms']:>8} {lv['p99_ms']:>8} {lv['p95_over_model_predict']:>8} "
+                  f"{lv['p99_over_p50']:>7} {lv['refused_503']:>5} {str(lv['refusal_p99_ms']):>8} {lv['errors']:>6}")
+        mem = e["memory"]
+        if mem:
+            print(f"RSS after warm-up {mem['rss_after_warmup_mb']} MB, after {mem['requests']} requests "
+                  f"{mem['rss_after_soak_mb']} MB (growth {mem['rss_growth_mb']:+} MB, peak {mem['rss_peak_mb']} MB, "
+                  f"{mem['errors']} errors); trend {mem['rss_slope_mb_per_1000']} MB per 1,000 requests")
+        sr = e["server_503"]
+        print(f"503s answered by the server in p50 {sr['p50_ms']} ms, p99 {sr['p99_ms']} ms, max {sr['max_ms']} ms "
+              f"({sr['count']} refusals, access log)")
+        for goal, ok in e["goals"].items():
+            print(f"  {'MET ' if ok else 'MISS'} {goal}")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from service_equivalence import print_summary
+
+    print()
+    print_summary(r["equivalence"])
 
 
 if __name__ == "__main__":

@@ -380,9 +380,16 @@ def pull(params: Params) -> None:
 @click.option("--port", type=int, default=None, help="Port (default: serve.port).")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Damage model (default: serve.model_path, else predict.model_path); reloaded when it changes.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: uvicorn in this process; ray: a Ray Serve deployment (serve.ray, pip install -e .[ray]).")
 @with_params
-def serve(params: Params, host: str | None, port: int | None, model_path: str | None) -> None:
+def serve(params: Params, host: str | None, port: int | None, model_path: str | None, engine: str) -> None:
     """Run the claim service: POST /v1/assess, the upload page at /, /health, /version, /docs."""
+    if engine == "ray":
+        from cardamage.service.ray_serve import run_ray_server
+
+        run_ray_server(params, host=host, port=port, model_path=model_path)
+        return
     from cardamage.service.app import run_server
 
     run_server(params, host=host, port=port, model_path=model_path)

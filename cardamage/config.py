@@ -18,7 +18,13 @@ from typing import Any, Literal
 import yaml
 
 from cardamage.config_serve import (  # noqa: F401  (re-exported: cardamage.config is where params live)
-    BatchParams, RayServeParams, ReuseParams, ServeParams, SettlementParams, StorageParams)
+    BatchParams,
+    RayServeParams,
+    ReuseParams,
+    ServeParams,
+    SettlementParams,
+    StorageParams,
+)
 from cardamage.errors import BadParameterError
 
 DEFAULT_PARAMS = Path("params.yaml")

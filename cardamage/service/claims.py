@@ -222,7 +222,7 @@ class ClaimService:
         if pred.part_probs is not None:
             instance_parts(result["instances"], pred.part_probs, parts)
         to_photo_grid(result, photo.width, photo.height, *photo.scale)
-        reuse = self._reuse(photo, pred, claim_id)
+        reuse = self._reuse(photo, pred, claim_id, models.main.info.model_version)
         sid = splash_id(photo.sha256, models.main.info.model_version)
         self.splashes.save(sid, encode_jpeg(splash))
         stored = self.incoming.save_photo(photo.data, photo.sha256, photo.suffix)
@@ -234,7 +234,7 @@ class ClaimService:
         return {"index": i, "filename": photo.filename, "sha256": photo.sha256, "assessed": True,
                 "quality": verdict.to_dict(), **result, "reuse": reuse, "splash_url": f"/v1/splash/{sid}.jpg"}
 
-    def _reuse(self, photo: Photo, pred: Prediction, claim_id: str | None) -> list[dict[str, Any]]:
+    def _reuse(self, photo: Photo, pred: Prediction, claim_id: str | None, version: str) -> list[dict[str, Any]]:
         """Earlier photos of other claims that this photo is (or nearly is); ``[]`` without a reuse index."""
         if self.reuse is None:
             return []
@@ -242,7 +242,7 @@ class ClaimService:
 
         try:
             return self.reuse.check_and_add(photo.sha256, phash64(photo.rgb), pred.embedding, claim_id,
-                                            photo.filename)
+                                            photo.filename, embedding_model=version)
         except Exception:  # the reuse check must never fail the assessment
             log.exception("%s: reuse check failed", photo.filename)
             return []

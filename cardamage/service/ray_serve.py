@@ -96,6 +96,7 @@ def replica_app(params: Params, model_path: str | None, workdir: str | None) -> 
         os.chdir(workdir)  # relative params paths (incoming_dir, dvc.lock, ...) mean what they mean on the driver
     configure_logging(params.serve.log_format)
     app = create_app(params, model_path)
+    app.state.holder.load()  # here, not in the lifespan: Serve then reports why a model does not load
     app.add_middleware(ProxyRequestId)
     return app
 
@@ -197,8 +198,19 @@ def start(params: Params, host: str, port: int, model_path: str | None = None) -
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=dict(QUIET_LOGS))
     except RuntimeError as exc:
-        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
-        raise ServiceError(f"Ray Serve could not start the claim service: {lines[-1] if lines else exc}") from exc
+        raise ServiceError(f"Ray Serve could not start the claim service: {_why_failed(serve, exc)}") from exc
+
+
+def _why_failed(serve: ModuleType, exc: Exception) -> str:
+    """The last line of the replicas' traceback (the error itself), else of ``exc``."""
+    text = str(exc)
+    try:
+        deployment = serve.status().applications[APP_NAME].deployments[DEPLOYMENT_NAME]
+        text = deployment.message or text
+    except Exception:  # noqa: BLE001 - the status is only for a better message
+        pass
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def stop(local: bool) -> None:
