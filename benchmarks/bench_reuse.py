@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from cardamage.fileio import write_json
-from cardamage.service.reuse import HammingIndex, ReuseIndex, popcount64
+from cardamage.service.hamming import HammingIndex, popcount64
+from cardamage.service.reuse import ReuseIndex
 
 MAX_HAMMING, MAX_DIST = 8, 0.05
 

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cardamage import __version__
 from cardamage.config import Params, load_params
-from cardamage.errors import BadInputError, BadParameterError
+from cardamage.errors import BadParameterError
 from cardamage.monitoring.data_version import data_version
 from cardamage.service.batcher import Overloaded
 from cardamage.service.claims import ClaimService, ClientGone
@@ -36,7 +36,7 @@ from cardamage.service.metrics import MetricsMiddleware, ServiceMetrics, add_met
 from cardamage.service.middleware import Admission, RequestContext, UploadLimits, overloaded_body
 from cardamage.service.models import ModelHolder
 from cardamage.service.pruner import Pruner
-from cardamage.service.reuse import ReuseIndex
+from cardamage.service.reuse import open_reuse_index
 from cardamage.service.settlement import check_table
 from cardamage.service.uploads import Upload, UploadError
 
@@ -163,19 +163,6 @@ def _inflight(service: ClaimService, metrics: ServiceMetrics, n: int) -> None:
     metrics.set_inflight(n)
 
 
-def open_reuse(params: Params) -> ReuseIndex | None:
-    """The reuse index of ``serve.reuse`` (``None`` when off, or when its file is unreadable: logged once)."""
-    r = params.serve.reuse
-    if not r.enabled:
-        return None
-    path = r.index_path or str(Path(params.serve.incoming_dir) / "reuse.sqlite")
-    try:
-        return ReuseIndex(path, r.max_hamming, r.max_embedding_distance)
-    except BadInputError as exc:
-        log.error("%s: reused-photo checks are off until the file is repaired or removed", exc)
-        return None
-
-
 def create_app(params: Params | None = None, model_path: str | None = None) -> FastAPI:
     """Build the app; the models load when it starts (lifespan, or :func:`run_server` before), not here.
     Only the model files' stored info is read here (no TensorFlow), so a file that does not fit fails now.
@@ -194,7 +181,7 @@ def create_app(params: Params | None = None, model_path: str | None = None) -> F
     holder.check_files()
     metrics = ServiceMetrics()
     metrics.track_models(holder)
-    service = ClaimService(params, holder, metrics, open_reuse(params))
+    service = ClaimService(params, holder, metrics, open_reuse_index(params.serve))
     pruner = Pruner.from_params(params)
 
     @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ from cardamage.model.predict import assess
 from cardamage.service.batcher import BatchOutput, MicroBatcher
 from cardamage.service.models import ModelHolder, Models
 from cardamage.service.quality import QualityVerdict, check_photo
+from cardamage.service.reuse import check_reuse
 from cardamage.service.settlement import PhotoDamage, propose
 from cardamage.service.store import IncomingStore, SplashStore
 from cardamage.service.uploads import Photo, Upload, decode_all
@@ -235,17 +236,10 @@ class ClaimService:
                 "quality": verdict.to_dict(), **result, "reuse": reuse, "splash_url": f"/v1/splash/{sid}.jpg"}
 
     def _reuse(self, photo: Photo, pred: Prediction, claim_id: str | None, version: str) -> list[dict[str, Any]]:
-        """Earlier photos of other claims that this photo is (or nearly is); ``[]`` without a reuse index."""
-        if self.reuse is None:
-            return []
-        from cardamage.service.reuse import phash64
-
-        try:
-            return self.reuse.check_and_add(photo.sha256, phash64(photo.rgb), pred.embedding, claim_id,
-                                            photo.filename, embedding_model=version)
-        except Exception:  # the reuse check must never fail the assessment
-            log.exception("%s: reuse check failed", photo.filename)
-            return []
+        """Earlier photos of other claims that this photo is (or nearly is); ``[]`` without a reuse index
+        or when the check failed (logged: it must never fail the assessment)."""
+        return check_reuse(self.reuse, photo.rgb, photo.sha256, claim_id, photo.filename, pred.embedding,
+                           version) or []
 
 
 async def _wait(future: Future, disconnected: Callable[[], Awaitable[Any]] | None,

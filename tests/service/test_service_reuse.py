@@ -18,8 +18,9 @@ from test_service_support import SAMPLE_TEST
 
 from cardamage.config_serve import ServeParams
 from cardamage.errors import BadInputError
-from cardamage.service import reuse
-from cardamage.service.reuse import HammingIndex, ReuseIndex, check_reuse, open_reuse_index, phash64, popcount64
+from cardamage.service import hamming, reuse
+from cardamage.service.hamming import HammingIndex, popcount64
+from cardamage.service.reuse import ReuseIndex, check_reuse, open_reuse_index, phash64
 
 
 def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
@@ -67,7 +68,7 @@ def test_popcount_without_numpy_bitwise_count(monkeypatch):
     x = np.array([0, 1, 2**64 - 1, 0b1011 << 60], dtype=np.uint64)
     expected = [0, 1, 64, 3]
     assert popcount64(x).tolist() == expected
-    monkeypatch.setattr(reuse, "_HAS_BITWISE_COUNT", False)  # numpy < 2.0
+    monkeypatch.setattr(hamming, "_HAS_BITWISE_COUNT", False)  # numpy < 2.0
     assert popcount64(x).tolist() == expected
 
 
