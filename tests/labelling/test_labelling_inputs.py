@@ -152,7 +152,7 @@ def test_cli_shows_a_broken_ledger_in_one_line(tmp_path, monkeypatch):
     (tmp_path / "selection.csv").write_text(f"id,path,score\n,{photo},0.5\n", encoding="utf-8")
     (tmp_path / "annotation").mkdir()
     (tmp_path / "annotation" / "ledger.json").write_bytes(b"\x80\x81 not utf-8")
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "unreachable-server-key-" + "y" * 17)
     monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
     from cardamage.labelling import push
 

@@ -21,7 +21,7 @@ def test_legacy_token_works(ls_client, ls_server):
 
 def test_wrong_key_gives_401_message_without_the_key(ls_server, caplog):
     caplog.set_level(logging.DEBUG)
-    wrong = "0" * 40
+    wrong = "wrong-api-key-" + "x" * 26  # not a prefix of any file name other tests log
     client = connect(ls_server.url, wrong, max_retries=2, backoff_s=0.01)
     with pytest.raises(LabelStudioAuthError) as info:
         client.find_project("anything")
