@@ -6,6 +6,7 @@ in training, scoring, prediction and the service.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -88,13 +89,13 @@ def _check_stat(p: Path) -> None:
         raise ImageLoadError(f"{p}: empty file")
 
 
-def _check_pixels(p: Path, w: int, h: int, max_pixels: int) -> None:
+def _check_pixels(p: Path | str, w: int, h: int, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise ImageLoadError(f"{p}: {w}x{h} pixels exceeds the limit of {max_pixels} "
                              "(data.max_pixels; possible decompression bomb)")
 
 
-def _bomb(p: Path, limit: int, exc: Exception) -> ImageLoadError:
+def _bomb(p: Path | str, limit: int, exc: Exception) -> ImageLoadError:
     """Pillow's own bomb refusal, in the words of :func:`_check_pixels`."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1))} pixels" if found else "its size"
@@ -133,12 +134,27 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = None, max_side:
         ImageLoadError: missing, unreadable, empty, truncated, corrupt, not-an-image or too-large files.
     """
     p = Path(path)
-    limit = pixel_limit() if max_pixels is None else int(max_pixels)
     _check_file(p)
+    return _decode(p, p, max_pixels, max_side)
+
+
+def open_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
+                     max_side: int | None = None) -> Image.Image:
+    """:func:`open_image` of an in-memory file (an upload), named ``name`` in the messages; no temp file."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name, max_pixels, max_side)
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int | None,
+            max_side: int | None) -> Image.Image:
+    """The decoding of :func:`open_image` from a path or a stream; ``name`` is what messages call it."""
+    p = name
+    limit = pixel_limit() if max_pixels is None else int(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(source) as img:
                 _check_pixels(p, *img.size, limit)
                 img = _reduced(img, max_side)
                 img = ImageOps.exif_transpose(img)
@@ -167,6 +183,11 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None, max_side:
         ImageLoadError: see :func:`open_image`.
     """
     return np.asarray(open_image(path, max_pixels, max_side), dtype=np.uint8)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None, max_side: int | None = None) -> np.ndarray:
+    """:func:`load_image` of an in-memory file: ``uint8 [height, width, 3]``; messages name it ``name``."""
+    return np.asarray(open_image_bytes(data, name, max_pixels, max_side), dtype=np.uint8)
 
 
 def _orientation(img: Image.Image) -> int:

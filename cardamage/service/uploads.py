@@ -6,7 +6,7 @@ format, at most ``data.max_pixels`` pixels, and all photos together at most
 most ``serve.max_side`` pixels on its longer side (JPEG by DCT scaling, so no full-size array exists):
 memory follows the working size, not what a small, highly compressed file claims to hold.
 
-Decoding goes through :func:`cardamage.data.images.load_image` (the one loader: EXIF orientation,
+Decoding goes through :func:`cardamage.data.images.load_image_bytes` (the one loader, from memory: EXIF orientation,
 truncation, decompression bombs), so the service refuses exactly what training would.
 """
 
@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cardamage.data.images import ImageLoadError, load_image, pixel_limit
+from cardamage.data.images import ImageLoadError, load_image_bytes, pixel_limit
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +169,17 @@ def _oriented(width: int, height: int, rgb: np.ndarray) -> tuple[int, int]:
 DECODE_SLOTS = threading.BoundedSemaphore(max(1, min(4, os.cpu_count() or 1)))
 
 
-def decode(checked: _Checked, tmp_dir: str, max_side: int | None = None) -> Photo | dict[str, Any]:
-    """The photo decoded to at most ``max_side`` px on its longer side (``None``: full size), or the problem."""
+def decode(checked: _Checked, max_side: int | None = None) -> Photo | dict[str, Any]:
+    """The photo decoded to at most ``max_side`` px on its longer side (``None``: full size), or the problem.
+
+    Decoded from the request's bytes in memory (no temp file); ``data.max_pixels`` still bounds it.
+    """
     upload = checked.upload
-    fd, path = tempfile.mkstemp(suffix=".upload", dir=tmp_dir)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(upload.data)
         with DECODE_SLOTS:
-            rgb = load_image(path, max_side=max_side)
+            rgb = load_image_bytes(upload.data, upload.filename or "upload", max_side=max_side)
     except ImageLoadError as exc:
         return _fail(upload, *_classify(exc))
-    finally:
-        os.unlink(path)
     width, height = _oriented(checked.width, checked.height, rgb)
     return Photo(upload.filename, upload.data, rgb, hashlib.sha256(upload.data).hexdigest(), checked.suffix,
                  width, height)
@@ -229,7 +226,6 @@ def decode_all(uploads: Sequence[Upload], max_photos: int, max_request_pixels: i
     good = [c for c in checked if isinstance(c, _Checked)]
     if max_request_pixels is not None:
         check_request_pixels(good, max_request_pixels)
-    with tempfile.TemporaryDirectory(prefix="cardamage-upload-") as tmp:
-        results = [decode(c, tmp, max_side) for c in good]
+    results = [decode(c, max_side) for c in good]
     _refuse(results)
     return [r for r in results if isinstance(r, Photo)]

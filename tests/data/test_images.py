@@ -6,7 +6,7 @@ import pytest
 from conftest import SAMPLE
 from PIL import Image
 
-from cardamage.data.images import ImageLoadError, image_size, list_images, load_image
+from cardamage.data.images import ImageLoadError, image_size, list_images, load_image, load_image_bytes
 
 
 def _save(img: Image.Image, path, **kw):
@@ -74,6 +74,19 @@ def test_decompression_bomb_is_refused(tmp_path):
     path = _save(Image.new("L", (2000, 2000)), tmp_path / "big.png")
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         load_image(path, max_pixels=1_000_000)
+
+
+def test_bytes_decode_as_the_file_does_and_refuse_the_same(tmp_path):
+    """The service decodes uploads from memory: the same pixels, the same refusals, named by the upload."""
+    path = SAMPLE / "train" / "2.jpg"
+    data = path.read_bytes()
+    for side in (None, 300):
+        assert np.array_equal(load_image_bytes(data, "2.jpg", max_side=side), load_image(path, max_side=side))
+    big = _save(Image.new("L", (2000, 2000)), tmp_path / "big.png").read_bytes()
+    for content, reason in [(b"", "up.jpg: empty"), (b"junk", "up.jpg: not a readable image"),
+                            (data[: len(data) // 3], "up.jpg: truncated"), (big, "up.jpg.*decompression bomb")]:
+        with pytest.raises(ImageLoadError, match=reason):
+            load_image_bytes(content, "up.jpg", max_pixels=1_500_000)
 
 
 def test_list_images_sorted():
