@@ -93,17 +93,20 @@ def downsize(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
+def grey_stats(grey: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast (0-255) and sharpness (Laplacian variance, grey levels squared) of ``uint8 [H, W]``."""
+    laplacian = cv2.Laplacian(grey, cv2.CV_64F, ksize=1)
+    return {"brightness": float(grey.mean()), "contrast": float(grey.std()), "sharpness": float(laplacian.var())}
+
+
 def pixel_stats(rgb: np.ndarray) -> dict[str, float]:
     """Brightness, contrast, saturation, sharpness and edge density of ``uint8 [H, W, 3]`` RGB."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    laplacian = cv2.Laplacian(grey, cv2.CV_64F, ksize=1)
     edges = cv2.Canny(grey, 100, 200)
     return {
-        "brightness": float(grey.mean()),
-        "contrast": float(grey.std()),
+        **grey_stats(grey),
         "saturation": float(hsv[..., 1].mean() / 255.0),
-        "sharpness": float(laplacian.var()),
         "edge_density": float(np.count_nonzero(edges) / edges.size),
     }
 

@@ -20,11 +20,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from cardamage.config import ServeParams
-from cardamage.monitoring.features import downsize, pixel_stats
+from cardamage.monitoring.features import downsize, grey_stats
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,8 @@ def measure(rgb: np.ndarray, max_side: int = 512, size: tuple[int, int] | None =
     """
     small = downsize(rgb, max_side)
     width, height = size if size is not None else (rgb.shape[1], rgb.shape[0])
-    stats = pixel_stats(small)
     out = {"width": float(width), "height": float(height)}
-    out.update({k: stats[k] for k in ("brightness", "contrast", "sharpness")})
+    out.update(grey_stats(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)))  # what pixel_stats gives, without edges/HSV
     out.update(colour_measures(small))
     return out
 
