@@ -1,8 +1,9 @@
 """The errors users meet, in one taxonomy.
 
 Every error a user can cause or fix derives from :class:`CardamageError`; the command line prints
-those as one line (``Error: <file or key>: <reason>``) and exits with status 2. Any other exception
-is a bug in cardamage: the command line shows its traceback and says so.
+those as one line (``Error: <file or key>: <reason>``) and exits with status 1 (a usage error that
+click itself reports, such as an unknown option, exits with 2). Any other exception is a bug in
+cardamage: the command line shows its traceback and says so.
 
 The kinds keep a standard base as well (``ValueError`` or ``OSError``) so that code and tests that
 catch the standard type keep working.

@@ -104,10 +104,13 @@ def replica_app(params: Params, model_path: str | None, workdir: str | None) -> 
 def deployment_options(params: Params) -> dict[str, Any]:
     """``serve.deployment`` options from ``serve.ray`` and ``serve.batch``.
 
-    ``max_ongoing_requests`` is at least ``serve.batch.max_inflight``, so the app's own admission control
-    (503 + ``Retry-After``) is what limits a replica, and its micro-batcher sees the concurrent requests.
+    A replica takes up to ``serve.batch.max_inflight + serve.batch.max_queue`` requests at once, so the
+    app itself sees the excess and refuses it at once (its admission control: 503 + ``Retry-After``)
+    while its micro-batcher sees the concurrent requests; beyond that each caller (Serve's proxy)
+    queues at most ``serve.batch.max_queue`` more and answers 503 after (``max_queued_requests``), so
+    no request waits in an unbounded queue.
     """
-    ray = params.serve.ray
+    ray, batch = params.serve.ray, params.serve.batch
     check_ray_params(ray)
     return {
         "name": DEPLOYMENT_NAME,
@@ -115,7 +118,8 @@ def deployment_options(params: Params) -> dict[str, Any]:
         "autoscaling_config": {"min_replicas": ray.min_replicas, "initial_replicas": max(1, ray.min_replicas),
                                "max_replicas": ray.max_replicas,
                                "target_ongoing_requests": ray.target_ongoing_requests},
-        "max_ongoing_requests": max(params.serve.batch.max_inflight, ray.target_ongoing_requests),
+        "max_ongoing_requests": max(batch.max_inflight + batch.max_queue, ray.target_ongoing_requests),
+        "max_queued_requests": batch.max_queue,
         "graceful_shutdown_timeout_s": 30.0,
         "logging_config": dict(QUIET_LOGS),
     }

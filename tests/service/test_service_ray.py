@@ -46,6 +46,8 @@ def ray_service(tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("ray-service")
     params = service_params(tmp, cached_model(["damage"]))
     params.serve.ray.min_replicas = params.serve.ray.max_replicas = 1
+    # small bounds, so that a dozen concurrent requests overload the replica (test_overload_...)
+    params.serve.batch.max_inflight, params.serve.batch.max_queue, params.serve.ray.target_ongoing_requests = 2, 2, 2
     with pytest.MonkeyPatch.context() as env:
         env.delenv("RAY_ADDRESS", raising=False)  # never a developer's cluster
         assert ray_serve.connect(None, num_cpus=2, object_store_memory=80 * 2**20), "a local instance was started"
@@ -114,6 +116,31 @@ def test_bad_upload_gets_the_same_4xx(ray_service, local_service, name, data, ct
     assert remote.json()["error"]["code"] == local.json()["error"]["code"]
 
 
+def test_overload_is_refused_at_once_by_the_replica_with_retry_after(ray_service):
+    """12 requests at once on a replica admitting 2 (4 ongoing, 2 queued in the proxy): the replica's own
+    admission control refuses the excess with 503 + Retry-After, the proxy's bounded queue the rest."""
+    data = PHOTO.read_bytes()
+    url = str(ray_service["client"].base_url)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            r = _assess(client, PHOTO.name, data)
+        with lock:
+            answers.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    app_refusals = [r for r in answers if r.status_code == 503 and r.headers.get("retry-after")]
+    assert app_refusals and app_refusals[0].json()["error"]["code"] == "overloaded", statuses
+
+
 def test_request_id_is_echoed_once(ray_service):
     resp = ray_service["client"].get("/health", headers={"X-Request-ID": "req-ray-1"})
     assert resp.status_code == 200 and resp.headers.get_list("x-request-id") == ["req-ray-1"]
@@ -131,11 +158,12 @@ def test_wait_for_interrupt_returns_on_sigterm():
 def test_deployment_options_follow_params():
     params = load_params()
     params.serve.ray.min_replicas, params.serve.ray.max_replicas, params.serve.ray.num_cpus = 0, 3, 0.5
-    params.serve.batch.max_inflight = 40
+    params.serve.batch.max_inflight, params.serve.batch.max_queue = 40, 24
     opts = ray_serve.deployment_options(params)
     assert opts["autoscaling_config"]["min_replicas"] == 0 and opts["autoscaling_config"]["max_replicas"] == 3
     assert opts["autoscaling_config"]["initial_replicas"] == 1
-    assert opts["ray_actor_options"]["num_cpus"] == 0.5 and opts["max_ongoing_requests"] == 40
+    assert opts["ray_actor_options"]["num_cpus"] == 0.5 and opts["max_ongoing_requests"] == 64
+    assert opts["max_queued_requests"] == 24, "the proxy's queue is bounded too"
     params.serve.ray.max_replicas = 0
     with pytest.raises(BadParameterError, match="serve.ray.max_replicas"):
         ray_serve.deployment_options(params)
