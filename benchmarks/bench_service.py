@@ -10,7 +10,8 @@ In one run, on the same photos (``--photos``, 1024 px sample photos):
 * the service: ``cardamage serve`` (``--engines local,ray``: uvicorn, and Ray Serve when installed)
   as a subprocess on 127.0.0.1 with its own pool and splash folders, single-photo ``POST /v1/assess``
   from 1, 4, 16 and 64 client threads: accepted requests/s and latency p50 / p95 / p99, refusals
-  (``503``) and how fast they came, each as a ratio to the peer;
+  (``503``) and how fast they came, each as a ratio to the peer; a refused client waits the
+  answer's ``Retry-After`` before its next request (``--storm``: it retries at once);
 * memory: the server's RSS (with its children: Ray replicas) after the warm-up and every 100
   requests of a ``--soak`` of requests (16 clients), and the peak;
 * the answer: :mod:`service_equivalence` (work grid vs full resolution on the sample photos).
@@ -137,8 +138,11 @@ def start_server(model_path: str, tmp: Path, port: int, engine: str = "local",
 
 
 def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
-         max_seconds: float = 1e9, on_done: Any = None) -> dict[str, Any]:
-    """``total`` single-photo requests from ``clients`` threads: accepted latencies, refusals, throughput."""
+         max_seconds: float = 1e9, on_done: Any = None, honour_retry_after: bool = True) -> dict[str, Any]:
+    """``total`` single-photo requests from ``clients`` threads: accepted latencies, refusals, throughput.
+
+    A refused client waits the answer's ``Retry-After`` before its next request, as a well-behaved
+    client does (``honour_retry_after=False``: at once, a retry storm)."""
     import httpx
 
     accepted: list[float] = []
@@ -163,6 +167,8 @@ def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 took = time.perf_counter() - t0
+                if status == 503 and honour_retry_after:
+                    time.sleep(min(10.0, float(r.headers.get("retry-after") or 1)))
                 with lock:
                     if status == 200:
                         accepted.append(took)
@@ -258,7 +264,8 @@ def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], 
     url = f"http://127.0.0.1:{port}"
     try:
         load(url, payloads, 16, 4)  # warm-up
-        levels = [load(url, payloads, max(args.requests, 3 * c), c) for c in map(int, args.levels.split(","))]
+        levels = [load(url, payloads, max(args.requests, 3 * c), c, honour_retry_after=not args.storm)
+                  for c in map(int, args.levels.split(","))]
         for lv in levels:
             lv["p95_over_model_predict"] = round(lv["p95_ms"] / 1000 / model["predict_s"], 2)
             lv["throughput_over_best_batched"] = round(lv["requests_per_s"] / model["best_batched_photos_per_s"], 2)
@@ -274,8 +281,8 @@ def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], 
     return {"engine": engine, "levels": levels, "memory": memory, "server_503": refusals}
 
 
-def goals(r: dict[str, Any]) -> dict[str, bool]:
-    """Issue 15's goals on one engine's figures."""
+def goals(r: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue 15's goals on one engine's figures (``None``: not measured in this run)."""
     by = {lv["clients"]: lv for lv in r["levels"]}
     out = {}
     if 1 in by:
@@ -286,10 +293,12 @@ def goals(r: dict[str, Any]) -> dict[str, bool]:
     if 64 in by:
         lv = by[64]
         server = r.get("server_503") or {}
-        out["64 clients: 503 within 50 ms (server side p99), no timeout"] = lv["errors"] == 0 and (
-            server.get("p99_ms") is None or server["p99_ms"] <= 50)
-        out["64 clients: 503 within 50 ms as the clients saw it (p99)"] = lv["errors"] == 0 and (
-            lv["refusal_p99_ms"] is None or lv["refusal_p99_ms"] <= 50)
+        out["64 clients: no timeout or error"] = lv["errors"] == 0
+        # None: not measured (no refusal, or the engine's access log is elsewhere: Ray replicas)
+        out["64 clients: 503 within 50 ms (server side p99)"] = (
+            server["p99_ms"] <= 50 if server.get("p99_ms") is not None else None)
+        out["64 clients: 503 within 50 ms as the clients saw it (p99)"] = (
+            lv["refusal_p99_ms"] <= 50 if lv["refusal_p99_ms"] is not None else None)
         out["64 clients accepted p99 <= 2x p50"] = lv["p99_over_p50"] <= 2.0
     if r.get("memory"):
         slope = r["memory"]["rss_slope_mb_per_1000"]
@@ -308,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--engines", default="local", help="comma-separated: local, ray")
     ap.add_argument("--soak", type=int, default=10000, help="requests of the memory soak (0: none)")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="time bound of the soak")
+    ap.add_argument("--storm", action="store_true",
+                    help="refused clients retry at once instead of after Retry-After (a retry storm)")
     ap.add_argument("--out", default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -375,7 +386,7 @@ def _print(r: dict[str, Any]) -> None:
         print(f"503s answered by the server in p50 {sr['p50_ms']} ms, p99 {sr['p99_ms']} ms, max {sr['max_ms']} ms "
               f"({sr['count']} refusals, access log)")
         for goal, ok in e["goals"].items():
-            print(f"  {'MET ' if ok else 'MISS'} {goal}")
+            print(f"  {'n/a ' if ok is None else 'MET ' if ok else 'MISS'} {goal}")
     sys.path.insert(0, str(Path(__file__).parent))
     from service_equivalence import print_summary
 
