@@ -12,6 +12,8 @@ In one run, on the same photos (``--photos``, 1024 px sample photos):
   from 1, 4, 16 and 64 client threads: accepted requests/s and latency p50 / p95 / p99, refusals
   (``503``) and how fast they came, each as a ratio to the peer; a refused client waits the
   answer's ``Retry-After`` before its next request (``--storm``: it retries at once);
+* from 64 clients on, a lone well-behaved client in its own process (:mod:`service_probe`) beside
+  the load: what one customer sees, without the load threads' own scheduling delays;
 * memory: the server's RSS (with its children: Ray replicas) after the warm-up and every 100
   requests of a ``--soak`` of requests (16 clients), and the peak;
 * the answer: :mod:`service_equivalence` (work grid vs full resolution on the sample photos).
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from service_report import goals, print_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,6 +258,24 @@ def server_refusals(log: Path) -> dict[str, Any]:
             "max_ms": round(max(took), 2) if took else None}
 
 
+def _level(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int, args: argparse.Namespace,
+           tmp: Path) -> dict[str, Any]:
+    """One concurrency level; from 64 clients on, a lone client in its own process (:mod:`service_probe`)
+    sends requests one at a time meanwhile, and its latencies are the level's ``probe``."""
+    if clients < 64:
+        return load(url, payloads, total, clients, honour_retry_after=not args.storm)
+    photo = tmp / payloads[0][0]
+    photo.write_bytes(payloads[0][1])
+    probe = subprocess.Popen([sys.executable, str(Path(__file__).parent / "service_probe.py"), url, str(photo)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        level = load(url, payloads, total, clients, honour_retry_after=not args.storm)
+    finally:
+        out, _ = probe.communicate(input="", timeout=300)
+    level["probe"] = json.loads(out) if out.strip() else None
+    return level
+
+
 def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], args: argparse.Namespace,
                model: dict[str, Any]) -> dict[str, Any]:
     """One engine: its levels and its soak, with the ratios to the peer."""
@@ -264,7 +285,7 @@ def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], 
     url = f"http://127.0.0.1:{port}"
     try:
         load(url, payloads, 16, 4)  # warm-up
-        levels = [load(url, payloads, max(args.requests, 3 * c), c, honour_retry_after=not args.storm)
+        levels = [_level(url, payloads, max(args.requests, 3 * c), c, args, tmp)
                   for c in map(int, args.levels.split(","))]
         for lv in levels:
             lv["p95_over_model_predict"] = round(lv["p95_ms"] / 1000 / model["predict_s"], 2)
@@ -279,31 +300,6 @@ def run_engine(engine: str, model_path: str, payloads: list[tuple[str, bytes]], 
     refusals = server_refusals(tmp / "server.log")
     shutil.rmtree(tmp, ignore_errors=True)
     return {"engine": engine, "levels": levels, "memory": memory, "server_503": refusals}
-
-
-def goals(r: dict[str, Any]) -> dict[str, bool | None]:
-    """Issue 15's goals on one engine's figures (``None``: not measured in this run)."""
-    by = {lv["clients"]: lv for lv in r["levels"]}
-    out = {}
-    if 1 in by:
-        out["1 client p95 <= 1.2x model.predict"] = by[1]["p95_over_model_predict"] <= 1.2
-    if 16 in by:
-        out["16 clients >= 0.8x best batched throughput"] = by[16]["throughput_over_best_batched"] >= 0.8
-        out["16 clients p99 <= 2x p50"] = by[16]["p99_over_p50"] <= 2.0
-    if 64 in by:
-        lv = by[64]
-        server = r.get("server_503") or {}
-        out["64 clients: no timeout or error"] = lv["errors"] == 0
-        # None: not measured (no refusal, or the engine's access log is elsewhere: Ray replicas)
-        out["64 clients: 503 within 50 ms (server side p99)"] = (
-            server["p99_ms"] <= 50 if server.get("p99_ms") is not None else None)
-        out["64 clients: 503 within 50 ms as the clients saw it (p99)"] = (
-            lv["refusal_p99_ms"] <= 50 if lv["refusal_p99_ms"] is not None else None)
-        out["64 clients accepted p99 <= 2x p50"] = lv["p99_over_p50"] <= 2.0
-    if r.get("memory"):
-        slope = r["memory"]["rss_slope_mb_per_1000"]
-        out["RSS flat over the soak (trend < 5 MB per 1,000 requests)"] = slope is not None and abs(slope) < 5
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -340,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"photos": len(files), "photo_px": _sizes(files), "model_path": model_path,
               "model": model, "engines": engines, "equivalence": same,
               "cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
-    _print(result)
+    print_report(result)
     if args.out:
         from cardamage.fileio import write_json
 
@@ -358,40 +354,6 @@ def _sizes(files: list[Path]) -> list[str]:
     from cardamage.data.images import image_size
 
     return sorted({"x".join(map(str, image_size(f))) for f in files})
-
-
-def _print(r: dict[str, Any]) -> None:
-    m = r["model"]
-    print(f"peer, raw Keras ({r['photos']} photos {', '.join(r['photo_px'])}): model.predict "
-          f"{1000 * m['predict_s']:.1f} ms/photo (p95 {1000 * m['predict_p95_s']:.1f}), predict_on_batch(1) "
-          f"{1000 * m['predict_on_batch_1_s']:.1f} ms; batched photos/s {m['batched_photos_per_s']} "
-          f"(best {m['best_batched_photos_per_s']})")
-    print(f"peer, decode + letterbox + predict_on_batch(16), no gate and no regions: "
-          f"{m['decode_and_predict_batch16_photos_per_s']} photos/s")
-    for e in r["engines"]:
-        print(f"\nengine {e['engine']}:")
-        print(f"{'clients':>7} {'req/s':>7} {'xbatch':>6} {'xdiy':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'p95/pred':>8} {'p99/p50':>7} {'503s':>5} {'503 p99':>8} {'errors':>6}")
-        for lv in e["levels"]:
-            print(f"{lv['clients']:>7} {lv['requests_per_s']:>7} {lv['throughput_over_best_batched']:>6} "
-                  f"{lv['throughput_over_decode_and_predict']:>5} "
-                  f"{lv['p50_ms']:>8} {lv['p95_ms']:>8} {lv['p99_ms']:>8} {lv['p95_over_model_predict']:>8} "
-                  f"{lv['p99_over_p50']:>7} {lv['refused_503']:>5} {str(lv['refusal_p99_ms']):>8} {lv['errors']:>6}")
-        mem = e["memory"]
-        if mem:
-            print(f"RSS after warm-up {mem['rss_after_warmup_mb']} MB, after {mem['requests']} requests "
-                  f"{mem['rss_after_soak_mb']} MB (growth {mem['rss_growth_mb']:+} MB, peak {mem['rss_peak_mb']} MB, "
-                  f"{mem['errors']} errors); trend {mem['rss_slope_mb_per_1000']} MB per 1,000 requests")
-        sr = e["server_503"]
-        print(f"503s answered by the server in p50 {sr['p50_ms']} ms, p99 {sr['p99_ms']} ms, max {sr['max_ms']} ms "
-              f"({sr['count']} refusals, access log)")
-        for goal, ok in e["goals"].items():
-            print(f"  {'n/a ' if ok is None else 'MET ' if ok else 'MISS'} {goal}")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from service_equivalence import print_summary
-
-    print()
-    print_summary(r["equivalence"])
 
 
 if __name__ == "__main__":
