@@ -19,6 +19,7 @@ CORE = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "pyarrow>=14",
+    "scikit-learn>=1.3",  # k-means clusters of the pool (cardamage.active.clusters)
     "tensorflow-cpu==2.21.*; platform_machine=='x86_64'",
     "keras>=3.15,<3.16",
     "keras-cv==0.9.0",

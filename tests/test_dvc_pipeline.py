@@ -358,7 +358,8 @@ def test_repro_from_a_fresh_clone_runs_every_stage_then_nothing(project):
     assert card["data_version"]["source"] == "dvc.lock" and card["git"]["revision"] and card["photos"]["train"]
     assert card["test_set"]["n_photos"] == 10 and card["metrics"]["damage_iou"]["ci"]
     assert [e["promoted"] for e in _history(root)] == [True]
-    assert len((root / "reports" / "selection.csv").read_text().splitlines()) == 1 + 5
+    selection = (root / "reports" / "selection.csv").read_text().splitlines()
+    assert len(selection) == 1 + 5 and selection[0].endswith(",cluster"), selection[0]
     page = (root / "reports" / "index.html").read_text()
     assert "<h2>Promoted: the candidate" in page and "Next photos to label (5, hybrid)" in page
     assert len(list((root / "reports" / "report_assets" / "selection").glob("*.jpg"))) == 5

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cardamage.active.clusters import with_clusters
 from cardamage.active.strategies import EMBEDDINGS, SelectContext, get_strategy
 from cardamage.data.dedup import hamming_matrix
 from cardamage.errors import BadInputError, BadParameterError, EmptyInputError
@@ -232,9 +233,10 @@ def hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: 
 # ----------------------------------------------------------------------------- output
 
 def write_selection(selection: pd.DataFrame, path: str) -> None:
-    """Write the selection as CSV (:data:`SELECTION_COLUMNS`), atomically."""
+    """Write the selection as CSV (:data:`SELECTION_COLUMNS`, then ``cluster`` when it has one), atomically."""
+    columns = SELECTION_COLUMNS + [c for c in ("cluster",) if c in selection.columns]
     with atomic_path(path, suffix=".csv") as tmp:
-        selection[SELECTION_COLUMNS].to_csv(tmp, index=False)
+        selection[columns].to_csv(tmp, index=False)
 
 
 def format_table(selection: pd.DataFrame, max_rows: int = 50) -> str:
@@ -280,6 +282,7 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
                                        params.score.labelled_embeddings, params.score.batch_size)
     near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
     selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near)
+    selection = with_clusters(selection, scores, sp.clusters, seed)
     out = out or sp.out
     write_selection(selection, out)
     return selection, out

@@ -25,6 +25,7 @@ class Photo:
     path: Path
     name: str
     score: float | None = None
+    cluster: int | None = None  #: k-means cluster of its embedding in the pool (Label Studio's ordering)
 
 
 def read_selection(path: str | os.PathLike) -> list[Photo]:
@@ -73,7 +74,13 @@ def _photo(file: Path, row: Mapping[str, str], source: Path, number: int) -> Pho
         value = float(score) if score not in (None, "") else None
     except (TypeError, ValueError):
         raise BadInputError(f"{source}: row {number}: score {score!r} is not a number") from None
-    return Photo(sha256=sha, path=file, name=PurePosixPath(row["path"].replace("\\", "/")).as_posix(), score=value)
+    cluster = row.get("cluster")
+    try:
+        group = int(cluster) if cluster not in (None, "") else None
+    except (TypeError, ValueError):
+        raise BadInputError(f"{source}: row {number}: cluster {cluster!r} is not an integer") from None
+    return Photo(sha256=sha, path=file, name=PurePosixPath(row["path"].replace("\\", "/")).as_posix(), score=value,
+                 cluster=group if group is None or group >= 0 else None)
 
 
 def photos_from_paths(paths: Sequence[str | os.PathLike]) -> list[Photo]:

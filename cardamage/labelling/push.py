@@ -86,9 +86,13 @@ def prediction_result(instances: Sequence[Instance], width: int, height: int, co
 
 def build_task(photo: Photo, url: str, config: LabelConfig, predictions: Predictions | None,
                model_version: str | None, dropped: dict[str, int]) -> dict[str, Any]:
-    """One Label Studio task: data (image URL, ``cardamage_id``, ``cardamage_path``), optional prediction."""
+    """One Label Studio task: data (image URL, ``cardamage_id``, ``cardamage_path``, ``cardamage_cluster``
+    when the selection has clusters: sort or filter by it in the Data Manager), optional prediction."""
     task: dict[str, Any] = {"data": {config.data_key: url, "cardamage_id": photo.sha256,
                                      "cardamage_path": photo.name}}
+    if photo.cluster is not None:
+        # in the task's data: Label Studio 1.23's bulk import drops a prediction's own ``cluster`` field
+        task["data"]["cardamage_cluster"] = photo.cluster
     if predictions is not None and photo.sha256 in predictions:
         width, height = image_size(photo.path)
         result = prediction_result(predictions[photo.sha256], width, height, config, dropped)

@@ -48,9 +48,10 @@ def write_selection(path: Path, photos: list[Path]) -> Path:
     """A ``reports/selection.csv``-like file (scores 0.9, 0.8, ...)."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "path", "score", "rank", "strategy", "reason"])
+        writer.writerow(["id", "path", "score", "rank", "strategy", "reason", "cluster"])
         for rank, photo in enumerate(photos, 1):
-            writer.writerow([file_sha256(photo), str(photo), round(1.0 - rank / 10, 2), rank, "entropy", "test"])
+            writer.writerow([file_sha256(photo), str(photo), round(1.0 - rank / 10, 2), rank, "entropy", "test",
+                             rank % 2])
     return path
 
 
@@ -114,6 +115,8 @@ def test_end_to_end_upload(ls_client, ls_photos, tmp_path):
     predictions = sorted(ls_client.list_predictions(project_id), key=lambda p: p["task"])
     assert [p["model_version"] for p in predictions] == ["test-model-1"] * 3
     assert [p["score"] for p in predictions] == [0.9, 0.8, 0.7]  # the acquisition scores
+    clusters = {data["cardamage_id"]: data.get("cardamage_cluster") for _, data in ls_client.list_task_data(project_id)}
+    assert [clusters[file_sha256(p)] for p in ls_photos] == [1, 0, 1], "the selection's clusters reach Label Studio"
     close(predictions[0]["result"][0]["value"]["points"], [[20, 20], [50, 20], [35, 60]], 1e-9)
 
     photo11, photo12, photo28 = ls_photos

@@ -1,0 +1,68 @@
+"""Clusters of the pool for Label Studio's task ordering: k-means on the model's embeddings.
+
+Label Studio orders tasks by a prediction's ``score`` and, in its uncertainty sampling, spreads an
+annotator's next tasks over a prediction's ``cluster``; every pushed prediction carries both. The
+clusters come from scikit-learn's ``KMeans`` on the L2-normalised pooled backbone embeddings of the
+whole scored pool (not only of the batch pushed), so similar claim photos share a cluster.
+
+Stable across runs for unchanged photos: the rows are clustered in sha256 order with a fixed seed,
+and the clusters are numbered in the order in which they first occur in that order, so the same
+embeddings give the same numbers, whatever order the pool was listed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cardamage.errors import BadParameterError
+
+
+def cluster_labels(embeddings: np.ndarray, ids: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+    """Cluster number (``int64 [N]``, ``0 .. min(k, N) - 1``) of each of ``N`` photos.
+
+    Args:
+        embeddings: ``float32 [N, D]`` pooled backbone features (their scale does not matter).
+        ids: the photos' sha256, ``N`` of them: the order clustered and numbered in.
+        k: clusters wanted (fewer when there are fewer photos or fewer distinct embeddings).
+    """
+    x = np.asarray(embeddings, np.float64)
+    if x.ndim != 2 or x.shape[0] != len(ids):
+        raise BadParameterError(f"clusters: expected embeddings [N, D] for {len(ids)} photos, got {x.shape}")
+    if k < 1:
+        raise BadParameterError(f"select.clusters: must be >= 1 here, got {k}")
+    n = x.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    x = x[order] / np.maximum(np.linalg.norm(x[order], axis=1, keepdims=True), 1e-12)
+    distinct = len(np.unique(np.round(x, 6), axis=0))
+    k = min(k, n, distinct)
+    if k == 1:
+        return np.zeros(n, np.int64)
+    from sklearn.cluster import KMeans
+
+    raw = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
+    first = {c: i for i, c in enumerate(dict.fromkeys(raw.tolist()))}  # numbered by first occurrence
+    labels = np.empty(n, np.int64)
+    labels[order] = [first[c] for c in raw.tolist()]
+    return labels
+
+
+def with_clusters(selection: pd.DataFrame, scores: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+    """``selection`` with a ``cluster`` column: each photo's cluster among all of ``scores``' photos.
+
+    ``scores`` needs ``id`` and ``embedding`` (one ``float32 [D]`` list per row); without them, or with
+    ``k < 1``, ``selection`` comes back unchanged.
+    """
+    if k < 1 or selection.empty or "embedding" not in scores.columns or scores.empty:
+        return selection
+    table = scores.drop_duplicates("id")
+    labels = cluster_labels(np.stack(table["embedding"].to_numpy()), table["id"].tolist(), k, seed)
+    by_id = dict(zip(table["id"], labels.tolist()))
+    out = selection.copy()
+    out["cluster"] = [by_id.get(i, -1) for i in out["id"]]
+    out["cluster"] = out["cluster"].astype("int64")
+    return out
