@@ -54,6 +54,8 @@ DEFAULT_DEADLINE_S = 90.0
 #: Seconds without an answer after which the user is told what is being waited for.
 NOTICE_AFTER_S = 5.0
 T = TypeVar("T")
+#: The SDK's loggers (and their children), scrubbed like ours (:func:`~.redact.install_log_filter`).
+SDK_LOGGERS = ("label_studio_sdk",)
 _MAX_BACKOFF_S = 30.0
 
 
@@ -163,7 +165,7 @@ class LabelStudioClient:
         start = time.monotonic()
         deadline = start + self.deadline_s
         attempts = self.max_retries + 1
-        install_log_filter()  # loggers of modules imported since the last call
+        install_log_filter(SDK_LOGGERS)  # loggers of modules imported since the last call
         for attempt in range(1, attempts + 1):
             notice = self._notice(what, attempt, attempts, deadline)
             try:

@@ -16,12 +16,14 @@ import re
 import threading
 import traceback
 import unicodedata
+from collections.abc import Sequence
 
 from cardamage.errors import BadParameterError
 
 MASK = "***"
 #: Loggers (and their existing children) whose records are scrubbed.
-SCRUBBED_LOGGERS = ("cardamage", "httpx", "httpcore", "label_studio_sdk", "fern", "urllib3", "requests")
+#: (The Label Studio SDK's own loggers are named by :mod:`cardamage.labelling.client`, the one module that knows it.)
+SCRUBBED_LOGGERS = ("cardamage", "httpx", "httpcore", "fern", "urllib3", "requests")
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -123,22 +125,24 @@ class SecretFilter(logging.Filter):
 _FILTER = SecretFilter()
 
 
-_seen_loggers = -1
+_seen_loggers: tuple[int, tuple[str, ...]] = (-1, ())
 
 
-def install_log_filter() -> None:
-    """Attach the scrubbing filter to :data:`SCRUBBED_LOGGERS` and their children created so far.
+def install_log_filter(extra: Sequence[str] = ()) -> None:
+    """Attach the scrubbing filter to :data:`SCRUBBED_LOGGERS`, the ``extra`` logger names and their
+    children created so far.
 
     Logger filters only see records logged on that logger itself, hence the children. Idempotent
     and cheap when no logger was created since the last call (the client calls it before each call).
     """
     global _seen_loggers
     registry = logging.Logger.manager.loggerDict
-    if len(registry) == _seen_loggers:
+    prefixes = (*SCRUBBED_LOGGERS, *extra)
+    if (len(registry), prefixes) == _seen_loggers:
         return
-    _seen_loggers = len(registry)
-    names = [n for n in list(registry) if any(n == p or n.startswith(p + ".") for p in SCRUBBED_LOGGERS)]
-    for name in {*SCRUBBED_LOGGERS, *names}:
+    _seen_loggers = (len(registry), prefixes)
+    names = [n for n in list(registry) if any(n == p or n.startswith(p + ".") for p in prefixes)]
+    for name in {*prefixes, *names}:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)

@@ -114,7 +114,8 @@ def test_log_records_are_scrubbed(caplog):
     caplog.set_level(logging.DEBUG)
     with Stub(OK_WHOAMI) as stub:
         connect(stub.url, KEY).whoami()
-    for name in ("cardamage.labelling.client", "cardamage.labelling.push", "httpx", "httpcore.http11"):
+    for name in ("cardamage.labelling.client", "cardamage.labelling.push", "httpx", "httpcore.http11",
+                 "label_studio_sdk"):
         logger = logging.getLogger(name)
         logger.warning("key %s and header Token %s", KEY, KEY)
         try:
