@@ -209,7 +209,7 @@ class SelectParams:
     hybrid_factor: float = 5.0
     hybrid_score: str = field(default="entropy", metadata={"choices": "uncertainty strategies"})
     skip_near_duplicates: bool = True
-    clusters: int = 8  # k-means clusters of the pool's embeddings, sent as each prediction's cluster; 0: none
+    clusters: int = 8  # k-means clusters of the pool's embeddings, pushed as each task's cardamage_cluster; 0: none
     out: str = "reports/selection.csv"
 
 

@@ -1,7 +1,8 @@
 """Clusters of the pool for Label Studio's task ordering: k-means on the model's embeddings.
 
-Label Studio orders tasks by a prediction's ``score`` and, in its uncertainty sampling, spreads an
-annotator's next tasks over a prediction's ``cluster``; every pushed prediction carries both. The
+Label Studio orders tasks by a prediction's ``score``; the cluster lets annotators spread their next
+tasks over different kinds of photo. Each pushed task carries its cluster in its data
+(``cardamage_cluster``: Label Studio 1.23's bulk import drops a prediction's own ``cluster``). The
 clusters come from scikit-learn's ``KMeans`` on the L2-normalised pooled backbone embeddings of the
 whole scored pool (not only of the batch pushed), so similar claim photos share a cluster.
 
@@ -63,6 +64,5 @@ def with_clusters(selection: pd.DataFrame, scores: pd.DataFrame, k: int, seed: i
     labels = cluster_labels(np.stack(table["embedding"].to_numpy()), table["id"].tolist(), k, seed)
     by_id = dict(zip(table["id"], labels.tolist()))
     out = selection.copy()
-    out["cluster"] = [by_id.get(i, -1) for i in out["id"]]
-    out["cluster"] = out["cluster"].astype("int64")
+    out["cluster"] = np.array([by_id[i] for i in out["id"]], np.int64)  # the selection is drawn from ``scores``
     return out

@@ -146,10 +146,9 @@ def open_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
     return _decode(io.BytesIO(data), name, max_pixels, max_side)
 
 
-def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int | None,
+def _decode(source: Path | io.BytesIO, p: str | Path, max_pixels: int | None,
             max_side: int | None) -> Image.Image:
-    """The decoding of :func:`open_image` from a path or a stream; ``name`` is what messages call it."""
-    p = name
+    """The decoding of :func:`open_image` from a path or a stream; ``p`` is what messages call it."""
     limit = pixel_limit() if max_pixels is None else int(max_pixels)
     try:
         with warnings.catch_warnings():
