@@ -308,48 +308,6 @@ def report(params: Params, out_file: str | None) -> None:
     click.echo(page.text_summary())
 
 
-@main.group()
-def labelstudio() -> None:
-    """Label Studio project setup (env: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)."""
-
-
-@labelstudio.command("config")
-@click.option("--check", is_flag=True, help="Only check that labelstudio.label_config agrees with data.classes.")
-@with_params
-def labelstudio_config(params: Params, check: bool) -> None:
-    """Write the labelling configuration generated from data.classes to labelstudio.label_config."""
-    from cardamage.fileio import write_text
-    from cardamage.labelling.label_config import check_label_config_file, generate_label_config
-
-    path = params.labelstudio.label_config
-    if check:
-        problems = check_label_config_file(path, params.data.classes)
-        for problem in problems:
-            click.echo(problem, err=True)
-        if problems:
-            sys.exit(1)
-        click.echo(f"{path} agrees with data.classes {params.data.classes}")
-        return
-    write_text(path, generate_label_config(params.data.classes))
-    click.echo(f"wrote {path} for classes {params.data.classes}")
-
-
-@labelstudio.command("init")
-@with_params
-def labelstudio_init(params: Params) -> None:
-    """Create the Label Studio project (or reuse it by title) with the config from data.classes."""
-    from cardamage.labelling.label_config import generate_label_config
-    from cardamage.labelling.push import connect_params, local_files_root
-
-    ls = params.labelstudio
-    client = connect_params(params)
-    project_id, what = client.ensure_project(ls.project_title, generate_label_config(params.data.classes))
-    if ls.image_access == "local-files":
-        local_files_root(ls)  # fails early with a clear message when the root is not configured
-    click.echo(f"{what} project {project_id} {ls.project_title!r} at {client.url}/projects/{project_id} "
-               f"(classes {params.data.classes}, images by {ls.image_access})")
-
-
 @main.command()
 @click.argument("selection", type=click.Path(exists=True, dir_okay=False))
 @with_params
@@ -393,6 +351,11 @@ def serve(params: Params, host: str | None, port: int | None, model_path: str | 
     from cardamage.service.app import run_server
 
     run_server(params, host=host, port=port, model_path=model_path)
+
+
+from cardamage.cli_labelstudio import labelstudio  # noqa: E402  (the group lives in its own module)
+
+main.add_command(labelstudio)
 
 
 def run() -> None:

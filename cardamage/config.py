@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from cardamage.config_labelstudio import BackendParams, LabelStudioParams  # noqa: F401  (re-exported)
 from cardamage.config_serve import (  # noqa: F401  (re-exported: cardamage.config is where params live)
     BatchParams,
     RayServeParams,
@@ -242,26 +243,6 @@ class SimulateParams:
     state_file: str = "reports/active_learning_state.json"
     out: str = "reports/active_learning.json"
     plot: str = "reports/active_learning.png"
-
-
-@dataclass
-class LabelStudioParams:
-    """Label Studio project, image access and where pulled labels go (``cardamage push`` / ``pull``)."""
-
-    url: str | None = None
-    project_title: str = "cardamage damage labelling"
-    image_access: Literal["upload", "local-files"] = "upload"
-    local_files_root: str | None = None
-    batch_size: int = 50
-    timeout_s: float = 30.0
-    deadline_s: float | None = 90.0
-    max_retries: int = 3
-    ledger: str = "annotation/ledger.json"
-    exports_dir: str = "annotation/exports"
-    labelled_dir: str = "data/labelled"
-    label_config: str = "annotation/label_config.xml"
-    disagreement_iou: float = 0.5
-    report_csv: str = "reports/annotation_vs_model.csv"
 
 
 @dataclass

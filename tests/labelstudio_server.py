@@ -3,7 +3,8 @@
 The ``label-studio`` executable comes from ``$CARDAMAGE_LABEL_STUDIO`` or ``<repo>/.venv-ls/bin/
 label-studio`` (its own virtual environment: its pins differ from TensorFlow's). Each server gets
 a fresh data folder, a known admin with a 40-character legacy token (enabled with
-``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true``), and local-files serving from ``document_root``.
+``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true``), and local-files serving from ``document_root``, and ML backends and
+webhooks allowed on local addresses (``ML_BLOCK_LOCAL_IP``, ``SSRF_PROTECTION_ENABLED`` off: 1.23 blocks them).
 A fresh data folder answers ``/health`` after about 35 s (database migrations).
 """
 
@@ -82,6 +83,9 @@ def server_env(data_dir: Path, document_root: Path, username: str, api_key: str)
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no call to pypi.org at start
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        # the ML backend and its webhook run on 127.0.0.1 too: 1.23 refuses local addresses by default
+        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
     })
     return env
 

@@ -66,3 +66,47 @@ def with_clusters(selection: pd.DataFrame, scores: pd.DataFrame, k: int, seed: i
     out = selection.copy()
     out["cluster"] = np.array([by_id[i] for i in out["id"]], np.int64)  # the selection is drawn from ``scores``
     return out
+
+
+class PoolClusters:
+    """The pool's clusters as a lookup for photos that arrive one by one (the ML backend's ``/predict``).
+
+    A photo of the scored pool gets the very cluster :func:`with_clusters` gives it (so a task pushed
+    by ``select --push`` and predicted again by the backend keeps its cluster); any other photo gets
+    the cluster of the nearest centroid (cosine; a centroid is the mean of its cluster's normalised
+    embeddings).
+
+    Args:
+        ids: the pool's sha256, ``N``; embeddings: ``float32 [N, D]``; k, seed: as :func:`cluster_labels`.
+    """
+
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray, k: int, seed: int = 0):
+        x = np.asarray(embeddings, np.float64)
+        labels = cluster_labels(x, ids, k, seed) if len(ids) else np.zeros(0, np.int64)
+        self.by_id = dict(zip(ids, labels.tolist()))
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if len(ids) else x
+        count = int(labels.max()) + 1 if len(labels) else 0
+        #: ``float64 [K, D]``: unit-length mean direction of each cluster.
+        self.centroids = np.stack([x[labels == c].mean(0) for c in range(count)]) if count else np.zeros((0, 0))
+        if count:
+            self.centroids /= np.maximum(np.linalg.norm(self.centroids, axis=1, keepdims=True), 1e-12)
+
+    @classmethod
+    def from_scores(cls, scores: pd.DataFrame, k: int, seed: int = 0) -> PoolClusters | None:
+        """From a scores table (``id``, ``embedding``); ``None`` when it has none or ``k < 1``."""
+        if k < 1 or scores.empty or "embedding" not in scores.columns:
+            return None
+        table = scores.drop_duplicates("id")
+        return cls(table["id"].tolist(), np.stack(table["embedding"].to_numpy()), k, seed)
+
+    def assign(self, embeddings: np.ndarray, ids: Sequence[str | None]) -> list[int | None]:
+        """Cluster of each of ``B`` photos (``embeddings float32 [B, D]``, ``ids`` sha256 or ``None``)."""
+        out: list[int | None] = []
+        for emb, sha in zip(np.asarray(embeddings, np.float64), ids):
+            if sha is not None and sha in self.by_id:
+                out.append(int(self.by_id[sha]))
+            elif len(self.centroids) and emb.shape[-1] == self.centroids.shape[1]:
+                out.append(int(np.argmax(self.centroids @ (emb / max(np.linalg.norm(emb), 1e-12)))))
+            else:
+                out.append(None)  # an embedding of another size: the pool was scored by another backbone
+        return out

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -79,6 +79,14 @@ def reduction_tag(params: ScoreParams) -> str:
 
 # ----------------------------------------------------------------------------- batches
 
+def valid_mask(fit: Any, size: int) -> np.ndarray:
+    """``bool [S, S]``: the input pixels that show the photo (``False`` on letterbox padding) of a
+    :class:`~cardamage.model.inputs.Fit`."""
+    valid = np.zeros((size, size), bool)
+    valid[max(fit.oy, 0):fit.oy + fit.new_h, max(fit.ox, 0):fit.ox + fit.new_w] = True
+    return valid
+
+
 def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbox", batch_size: int = 8,
                  unreadable: dict[str, str] | None = None) -> Iterator[tuple[list[PoolPhoto], np.ndarray, np.ndarray]]:
     """Yield ``(photos, images float32 [B, S, S, 3], valid bool [B, S, S])`` one batch at a time.
@@ -101,8 +109,7 @@ def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbo
                 unreadable[photo.name] = str(exc)
             continue
         arr, fit = prepare_image(image, size, resize)
-        valid = np.zeros((size, size), bool)
-        valid[max(fit.oy, 0):fit.oy + fit.new_h, max(fit.ox, 0):fit.ox + fit.new_w] = True
+        valid = valid_mask(fit, size)
         kept.append(photo)
         images.append(arr)
         valids.append(valid)

@@ -364,6 +364,31 @@ class LabelStudioClient:
         """Bytes of a file the server serves (``/data/upload/...`` or ``/data/local-files/?d=...``)."""
         return self._call("file download", lambda: self._raw("GET", url).content)
 
+    # --- ML backend (``cardamage labelstudio init --backend``) ------------------------------------
+
+    def connect_ml_backend(self, project_id: int, url: str, title: str = "cardamage",
+                           basic_auth: tuple[str, str] | None = None, timeout_s: float = 100.0) -> tuple[int, str]:
+        """Connect the ML backend at ``url`` to the project (the server checks ``/health`` and ``/setup``
+        first); an existing connection to the same URL is updated. ``(id, "created" | "updated")``."""
+        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]} \
+            if basic_auth else {"auth_method": "NONE"}
+        found = self._call("ML backend lookup", self._sdk.ml.list, project=project_id)
+        same = [b for b in found if str(b.url).rstrip("/") == url.rstrip("/")]
+        if same:
+            self._call("ML backend update", self._sdk.ml.update, same[0].id, url=url, project=project_id,
+                       title=title, is_interactive=False, timeout=timeout_s, **auth)
+            return int(same[0].id), "updated"
+        backend = self._call("ML backend connection", self._sdk.ml.create, url=url, project=project_id, title=title,
+                             is_interactive=False, timeout=timeout_s, creates=True, **auth)
+        return int(backend.id), "created"
+
+    def retrieve_predictions(self, project_id: int, task_ids: Sequence[int] | None = None) -> None:
+        """The Data Manager's "Retrieve predictions" for ``task_ids`` (``None``: every task): the server
+        asks the connected ML backend for the tasks without a prediction of its current model version."""
+        selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": list(task_ids)}
+        self._call("predictions retrieval", self._sdk.actions.create, id="retrieve_tasks_predictions",
+                   project=project_id, selected_items=selected)
+
     # --- annotations (annotators, tests and benchmarks) ------------------------------------------
 
     def create_annotation(self, task_id: int, result: Iterable[dict[str, Any]], was_cancelled: bool = False,
