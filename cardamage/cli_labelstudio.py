@@ -72,3 +72,28 @@ def labelstudio_backend(params: Params, host: str | None, port: int | None, mode
     from cardamage.service.ml_backend import run_backend
 
     run_backend(params, host=host, port=port, model_path=model_path)
+
+
+@labelstudio.command("up")
+@click.option("--install/--no-install", default=True, show_default=True,
+              help="Create .venv-ls with Label Studio when it is not installed.")
+@click.option("--backend/--no-backend", default=True, show_default=True,
+              help="Also start the ML backend (when a model exists) and connect it to the project.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for the server and the backend to answer /health.")
+@with_params
+def labelstudio_up(params: Params, install: bool, backend: bool, timeout_s: float) -> None:
+    """Start a local Label Studio (generated admin and token, stored for every command) and the ML backend."""
+    from cardamage.labelling.server import labelstudio_up as up
+
+    args = click.get_current_context().meta.get("cardamage.params_args", (None, ()))
+    click.echo(up(params, args, install=install, backend=backend, timeout_s=timeout_s, echo=click.echo))
+
+
+@labelstudio.command("down")
+@with_params
+def labelstudio_down(params: Params) -> None:
+    """Stop the Label Studio server and the ML backend that `cardamage labelstudio up` started."""
+    from cardamage.labelling.server import labelstudio_down as down
+
+    click.echo(down(params))

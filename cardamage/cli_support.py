@@ -73,6 +73,7 @@ def with_params(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.pass_context
     @functools.wraps(func)
     def wrapper(ctx: click.Context, params_file: str | None, overrides: tuple[str, ...], **kwargs: Any):
+        ctx.meta["cardamage.params_args"] = (params_file, overrides)  # for commands that start others
         try:
             params = load_params(params_file, overrides)
             return func(params=params, **kwargs)

@@ -52,4 +52,6 @@ class LabelStudioParams:
     label_config: str = "annotation/label_config.xml"
     disagreement_iou: float = 0.5
     report_csv: str = "reports/annotation_vs_model.csv"
+    connection_file: str = ".cardamage/labelstudio.json"
+    server_port: int = 8080
     backend: BackendParams = field(default_factory=BackendParams)

@@ -19,8 +19,10 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
+
+    The file gets ``mode`` (default: the usual ``0666`` less the umask; ``0o600`` for secrets).
 
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
@@ -31,7 +33,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -70,24 +70,10 @@ def free_port() -> int:
 
 
 def server_env(data_dir: Path, document_root: Path, username: str, api_key: str) -> dict[str, str]:
-    """Environment for ``label-studio start`` (see the module docstring)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "LABEL_STUDIO_USERNAME": username,
-        "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(16),
-        "LABEL_STUDIO_USER_TOKEN": api_key,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no call to pypi.org at start
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-        # the ML backend and its webhook run on 127.0.0.1 too: 1.23 refuses local addresses by default
-        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
-        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-    })
-    return env
+    """Environment for ``label-studio start``: the one ``cardamage labelstudio up`` uses, a random password."""
+    from cardamage.labelling.server import server_env as package_env
+
+    return package_env(data_dir, document_root, username, secrets.token_urlsafe(16), api_key)
 
 
 def start_server(document_root: str | os.PathLike, executable: str | None = None,

@@ -296,11 +296,15 @@ def open_project(client: LabelStudioClient, params: Params) -> int:
 
 
 def connect_params(params: Params) -> LabelStudioClient:
-    """A client from ``labelstudio.url`` (or ``$LABEL_STUDIO_URL``) and ``$LABEL_STUDIO_API_KEY``."""
+    """A client from ``labelstudio.url`` (or ``$LABEL_STUDIO_URL``) and ``$LABEL_STUDIO_API_KEY``; without
+    that key, from the connection ``cardamage labelstudio up`` stored (``labelstudio.connection_file``)."""
     from cardamage.labelling.client import connect
+    from cardamage.labelling.connection import stored_credentials
 
     ls = params.labelstudio
-    return connect(ls.url, timeout_s=ls.timeout_s, max_retries=ls.max_retries, deadline_s=ls.deadline_s)
+    stored = stored_credentials(ls.connection_file)
+    url, key = (ls.url or stored[0], stored[1]) if stored else (ls.url, None)
+    return connect(url, key, timeout_s=ls.timeout_s, max_retries=ls.max_retries, deadline_s=ls.deadline_s)
 
 
 def push_selection(selection: str | os.PathLike, params: Params, client: LabelStudioClient | None = None,

@@ -17,7 +17,8 @@ Endpoints (what Label Studio 1.23 calls, see ``label_studio/ml/api_connector.py`
 The model is loaded once and reloaded when its file gets a new version (the claim service's
 :class:`~cardamage.service.models.ModelHolder`). Photos are fetched from Label Studio with the
 connection every ``cardamage labelstudio`` command uses (``labelstudio.url`` / ``$LABEL_STUDIO_URL``
-and ``$LABEL_STUDIO_API_KEY``: a legacy or a personal access token), else with the ``hostname`` and
+and ``$LABEL_STUDIO_API_KEY``: a legacy or a personal access token; or the connection stored by
+``cardamage labelstudio up``), else with the ``hostname`` and
 ``access_token`` Label Studio sends to ``/setup``. With ``labelstudio.backend.basic_auth_user`` set,
 every request needs HTTP basic auth with ``$CARDAMAGE_BACKEND_PASSWORD``.
 """
@@ -79,15 +80,20 @@ class LabelStudioFiles:
     def client(self) -> Any:
         """The Label Studio client (made on first use)."""
         from cardamage.labelling.client import connect
+        from cardamage.labelling.connection import stored_credentials
+        from cardamage.labelling.push import connect_params
 
         with self._lock:
             if self._client is None:
                 ls = self.params.labelstudio
-                configured = os.environ.get("LABEL_STUDIO_API_KEY", "").strip()
-                url = ls.url or os.environ.get("LABEL_STUDIO_URL") or self.setup_hostname
-                key = None if configured or not self._setup_token else self._setup_token
-                self._client = connect(url, key, timeout_s=ls.timeout_s, max_retries=ls.max_retries,
-                                       deadline_s=ls.deadline_s)
+                configured = os.environ.get("LABEL_STUDIO_API_KEY", "").strip() or \
+                    stored_credentials(ls.connection_file)
+                if configured or not self._setup_token:
+                    self._client = connect_params(self.params)
+                else:
+                    url = ls.url or os.environ.get("LABEL_STUDIO_URL") or self.setup_hostname
+                    self._client = connect(url, self._setup_token, timeout_s=ls.timeout_s,
+                                           max_retries=ls.max_retries, deadline_s=ls.deadline_s)
             return self._client
 
     def fetch(self, url: str) -> bytes:
