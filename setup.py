@@ -20,6 +20,7 @@ CORE = [
     "tqdm>=4.66",
     "pyarrow>=14",
     "scikit-learn>=1.3",  # k-means clusters of the pool (cardamage.active.clusters)
+    "cleanlab>=2.6,<3",  # the label audit of every pull (cardamage.labelling.audit)
     "tensorflow-cpu==2.21.*; platform_machine=='x86_64'",
     "keras>=3.15,<3.16",
     "keras-cv==0.9.0",

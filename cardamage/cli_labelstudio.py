@@ -97,3 +97,18 @@ def labelstudio_down(params: Params) -> None:
     from cardamage.labelling.server import labelstudio_down as down
 
     click.echo(down(params))
+
+
+@labelstudio.command("review")
+@with_params
+def labelstudio_review(params: Params) -> None:
+    """Send the labels the last pull's audit flagged (labelstudio.audit.csv) back to Label Studio for review."""
+    from cardamage.labelling.push import connect_params
+    from cardamage.labelling.review import push_reviews
+
+    client = connect_params(params)
+    project_id = client.find_project(params.labelstudio.project_title)
+    if project_id is None:
+        raise click.ClickException(f"no Label Studio project titled {params.labelstudio.project_title!r} at "
+                                   f"{client.url} (run `cardamage labelstudio init`)")
+    click.echo(push_reviews(client, project_id, params).text())

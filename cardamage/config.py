@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from cardamage.config_labelstudio import BackendParams, LabelStudioParams  # noqa: F401  (re-exported)
+from cardamage.config_labelstudio import AuditParams, BackendParams, LabelStudioParams  # noqa: F401  (re-exported)
 from cardamage.config_serve import (  # noqa: F401  (re-exported: cardamage.config is where params live)
     BatchParams,
     RayServeParams,
@@ -137,6 +137,7 @@ class PrepareParams:
     test_percent: int = 10
     test_from_labelled: bool = False
     drop_exact_duplicates: bool = True
+    exclude_flagged: bool = False
     summary: str = "reports/prepare_summary.json"
 
 

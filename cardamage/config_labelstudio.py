@@ -35,6 +35,24 @@ class BackendParams:
 
 
 @dataclass
+class AuditParams:
+    """The label audit of every ``cardamage pull`` (:mod:`cardamage.labelling.audit`, cleanlab).
+
+    Each pulled label is compared with the model at ``predict.model_path`` on a ``grid x grid`` pixel
+    grid. Only labels made after that model was trained (out of sample) can be flagged: a photo is
+    flagged when cleanlab finds label issues on at least ``flag_issue_share`` of its pixels or its
+    label quality score is below ``flag_quality``.
+    """
+
+    enabled: bool = True
+    grid: int = 64
+    flag_issue_share: float = 0.1
+    flag_quality: float = 0.2
+    csv: str = "reports/label_audit.csv"
+    summary: str = "reports/label_audit.json"
+
+
+@dataclass
 class LabelStudioParams:
     """Label Studio project, image access and where pulled labels go (``cardamage push`` / ``pull``)."""
 
@@ -55,3 +73,4 @@ class LabelStudioParams:
     connection_file: str = ".cardamage/labelstudio.json"
     server_port: int = 8080
     backend: BackendParams = field(default_factory=BackendParams)
+    audit: AuditParams = field(default_factory=AuditParams)

@@ -15,7 +15,8 @@ Written (each only when its bytes change, so a second pull changes nothing):
   image names relative to ``labelled_dir``;
 * ``labelstudio.report_csv``: mask IoU of each label against the model's pre-annotation, and
   ``annotation_disagreements.csv`` beside it;
-* the ledger: entries marked ``labelled`` / ``unusable``.
+* the ledger: entries marked ``labelled`` / ``unusable``;
+* the label audit (:mod:`cardamage.labelling.audit`): ``labelstudio.audit.csv`` and its summary.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class PullSummary:
     problems: list[str] = field(default_factory=list)
     disagreements: int = 0
     seconds: float = 0.0
+    audit: str | None = None
 
     def text(self) -> str:
         """Human-readable summary, one fact per line."""
@@ -90,6 +92,8 @@ class PullSummary:
         if self.disagreements:
             lines.append(f"tasks where annotators disagree: {self.disagreements} (see annotation_disagreements.csv)")
         lines += [f"not used: {p}" for p in self.problems]
+        if self.audit:
+            lines.append(self.audit)
         return "\n".join(lines)
 
 
@@ -242,6 +246,9 @@ def pull_project(client: LabelStudioClient, project_id: int, params: Params) -> 
     write_csv(Path(ls.report_csv).with_name("annotation_disagreements.csv"), DISAGREEMENT_COLUMNS, disagreements)
     if _update_ledger(ledger, pulled, project_id):
         save_ledger(ls.ledger, ledger)
+    from cardamage.labelling.audit import audit_pull
+
+    summary.audit = audit_pull(labelled, params)
     summary.seconds = time.monotonic() - start
     return summary
 
