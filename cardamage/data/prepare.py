@@ -325,12 +325,27 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- the stage
 
+def exclude_flagged(items: Sequence[Item], params: Params) -> tuple[list[Item], list[str]]:
+    """With ``prepare.exclude_flagged``: the items without the Label Studio photos the last label audit
+    flagged (``labelstudio.audit.csv``, by sha256), and the origins left out."""
+    if not params.prepare.exclude_flagged:
+        return list(items), []
+    from cardamage.labelling.audit import flagged_ids
+
+    flagged = flagged_ids(params)
+    out = [i.origin for i in items if i.source == "labelled" and i.sha256 in flagged]
+    for origin in out:
+        log.info("left out: %s (flagged by the label audit; `cardamage labelstudio review` sends it back)", origin)
+    return [i for i in items if not (i.source == "labelled" and i.sha256 in flagged)], sorted(out)
+
+
 def prepare(params: Params, out_dir: str | os.PathLike | None = None) -> PrepareResult:
     """Build the prepared dataset (see the module docstring) and return its manifest and report."""
     p = params.prepare
     out = Path(out_dir or p.out_dir)
     items, issues = collect(params)
     items = fill_hashes(items)
+    items, flagged_out = exclude_flagged(items, params)
     items, held = hold_out_test(items, p.test_percent, p.test_from_labelled, params.data.near_duplicate_distance)
     items, exact = drop_exact_duplicates(items, p.drop_exact_duplicates)
     groups = groups_of(items, params.data.near_duplicate_distance)
@@ -345,6 +360,7 @@ def prepare(params: Params, out_dir: str | os.PathLike | None = None) -> Prepare
             rows += write_split([i for i in items if i.split == side], tmp, folder, params)
         report = build_report(rows, exact, groups, moved, issues, params)
         report["test_split"] = {"percent": p.test_percent, "from_labelled": p.test_from_labelled, "held_out": held}
+        report["flagged_out"] = flagged_out
         write_text(tmp / "manifest.csv", manifest_csv(rows))
         write_json(tmp / "prepare_report.json", report)
         _swap_in(tmp, out)
@@ -377,6 +393,7 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
     keep = {k: v for k, v in report.items() if k.startswith("n_")}
     keep.setdefault("n_test", 0)
     keep["n_test_held_out"] = len(report.get("test_split", {}).get("held_out", []))
+    keep["n_flagged_out"] = len(report.get("flagged_out", []))
     keep.update(n_exact_duplicate_sets=len(report["exact_duplicates"]),
                 n_conflicting_labels=len(report["conflicting_labels"]),
                 n_duplicate_groups=len(report["duplicate_groups"]), n_split_moves=len(report["split_moves"]))
@@ -392,6 +409,8 @@ def format_report(result: PrepareResult) -> str:
         lines.append(f"  same photo, different labels: {' = '.join(e['photos'])} (kept {', '.join(e['kept'])})")
     for h in r.get("test_split", {}).get("held_out", []):
         lines.append(f"  left out, duplicates test photo(s) {', '.join(h['test_photos'])}: {h['photo']}")
+    for origin in r.get("flagged_out", []):
+        lines.append(f"  left out, flagged by the label audit: {origin}")
     for m in r["split_moves"]:
         lines.append(f"  moved to {m['split']} to keep duplicates together: {', '.join(m['moved'])}")
     return "\n".join(lines)

@@ -213,3 +213,23 @@ def test_cli_prints_the_summary_and_writes_metrics(prepared, tmp_path):
     assert "69 labelled photo(s)" in result.output and "sample/train/25.jpg = sample/train/48.jpg" in result.output
     summary = json.loads((tmp_path / "sum.json").read_text())
     assert summary["n_train"] == 53 and summary["n_test"] == 10 and summary["n_conflicting_labels"] == 1
+
+
+def test_exclude_flagged_leaves_out_the_photos_the_label_audit_flagged(prepared, tmp_path):
+    from cardamage.data.dedup import file_sha256
+
+    sample = prepared["sample"]
+    params = _params(sample, tmp_path)
+    root = _pull(tmp_path, {"new1.jpg": sample / "test" / "11.jpg", "new2.jpg": sample / "test" / "12.jpg"})
+    audit = tmp_path / "audit.csv"
+    audit.write_text("id,image,flagged\n" f"{file_sha256(root / 'images' / 'new1.jpg')},images/new1.jpg,True\n"
+                     f"{file_sha256(root / 'images' / 'new2.jpg')},images/new2.jpg,False\n"
+                     f"{file_sha256(sample / 'train' / '10.jpg')},10.jpg,True\n")  # a sample photo: never left out
+    params.labelstudio.audit.csv = str(audit)
+    assert prepare(params).report["n_labelled"] == 2  # off by default
+    params.prepare.exclude_flagged = True
+    result = prepare(params)
+    origins = {r["origin"] for r in result.rows}
+    assert result.report["flagged_out"] == ["labelled/images/new1.jpg"]
+    assert "labelled/images/new2.jpg" in origins and "sample/train/10.jpg" in origins
+    assert summary_metrics(result.report)["n_flagged_out"] == 1
