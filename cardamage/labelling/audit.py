@@ -67,6 +67,7 @@ class AuditResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     class_pairs: list[dict[str, Any]] = field(default_factory=list)
     annotators: list[dict[str, Any]] = field(default_factory=list)
+    overlays: dict[str, str] = field(default_factory=dict)
     annotator_pairs: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     model_version: str = ""
@@ -243,8 +244,14 @@ def write_audit(result: AuditResult, params: Params) -> None:
                             "flagged": [r["id"] for r in result.flagged], "class_pairs": result.class_pairs,
                             "annotators": result.annotators, "annotator_pairs": result.annotator_pairs,
                             "skipped": result.skipped, "seconds": round(result.seconds, 2),
+                            "overlays": result.overlays,
                             "thresholds": {"flag_issue_share": ap.flag_issue_share, "flag_quality": ap.flag_quality,
                                            "grid": ap.grid}})
+
+
+def overlay_folder(params: Params) -> Path:
+    """Where the audit's pictures go: ``labelstudio.audit.csv`` without its suffix (``reports/label_audit/``)."""
+    return Path(params.labelstudio.audit.csv).with_suffix("")
 
 
 def flagged_ids(params: Params) -> set[str]:
@@ -292,6 +299,7 @@ def audit_pull(labelled: Sequence[Any], params: Params) -> str | None:
     Never fails the pull: no model, a model for other classes or cleanlab missing is one line saying so.
     """
     from cardamage.errors import CardamageError
+    from cardamage.labelling.audit_overlays import write_overlays
 
     if not params.labelstudio.audit.enabled or not labelled:
         return None
@@ -305,6 +313,9 @@ def audit_pull(labelled: Sequence[Any], params: Params) -> str | None:
         loaded = LoadedModel(*load_model(model_path, params.data.classes), str(model_path))
         items, others = items_from_pull(labelled, params)
         result = audit_items(items, params, loaded, others)
+        worst = {r["id"] for r in result.rows[:params.report.thumbnails]}
+        result.overlays = write_overlays([i for i in items if i.sha256 in worst], loaded, params.predict.threshold,
+                                         overlay_folder(params))
         write_audit(result, params)
     except ImportError as exc:
         return f"label audit skipped: {exc} (pip install cleanlab)"

@@ -186,7 +186,8 @@ def render(params: Params, page: ReportPage, found: dict[str, Artifact], page_di
     sections = [sec.verdict_section(page.decision, parts["card"]), sec.comparison_section(page.decision),
                 sec.selection_section(page.selection, parts["selection_thumbs"], Path(params.select.out), page_dir),
                 sec.history_section(page.history, parts["history_problems"], parts["plots"], page_dir,
-                                    assets.labelled_by_source(page.history[-1]) if page.history else None)]
+                                    assets.labelled_by_source(page.history[-1]) if page.history else None),
+                sec.audit_section(parts["audit"], parts["audit_rows"], Path(params.labelstudio.audit.csv), page_dir)]
     links = [sec.link(found[k].path, found[k].title, page_dir) for k in ("drift", "drift_summary") if k in found]
     sections.append(sec.drift_section(page.drift, parts["movers"], parts["drift_thumbs"], links, page_dir))
     if "active_learning" in found:
@@ -246,6 +247,8 @@ def build_report(params: Params, out_file: str | os.PathLike | None = None,
              "selection_thumbs": _thumbs([x.get("path", "") for x in page.selection[:r.thumbnails]],
                                          folder / "selection", 200),
              "drift_thumbs": _thumbs([m["path"] for m in movers], folder / "drift", 160),
+             "audit": read_json(Path(params.labelstudio.audit.summary)),
+             "audit_rows": assets.read_rows(params.labelstudio.audit.csv),
              "plots": {"history": assets.plot_history(history, folder / "history.png"),
                        "photos": assets.plot_photos(history, folder / "labelled_photos.png")}}
     write_text(out, render(params, page, found, out.parent, parts))

@@ -228,3 +228,45 @@ def test_metrics_section(m: dict[str, Any]) -> str:
         note = ('<p class="meta">Every evaluated photo shows damage, so image-level precision is 1 whenever '
                 "anything is found; recall is the informative figure.</p>")
     return table(rows) + note
+
+
+def audit_section(summary: dict[str, Any], rows: list[dict[str, str]], csv_path: Path, page_dir: Path) -> str:
+    """The last pull's label audit: the doubtful labels as pictures (label outline green, model red),
+    each annotator's agreement, the swapped class pairs."""
+    if not summary:
+        return ""
+    overlays = summary.get("overlays") or {}
+    cards = []
+    for row in rows:
+        pic = overlays.get(row.get("id", ""))
+        if not pic:
+            continue
+        flag = '<b class="missing">flagged</b> ' if row.get("flagged") == "True" else ""
+        cards.append(f'<figure class="thumb"><img src="{esc(rel(Path(pic), page_dir))}" alt="{esc(row.get("image"))}">'
+                     f'<figcaption>{flag}quality {esc(row.get("quality"))}, issues {esc(row.get("issue_share"))}'
+                     f'<br>{esc(row.get("image"))} (task {esc(row.get("task_id"))})<br>'
+                     f'<span class="meta">{esc(row.get("annotator"))}</span></figcaption></figure>')
+    flagged = summary.get("flagged") or []
+    body = (f"<p>{esc(summary.get('photos'))} pulled label(s) checked against model "
+            f"{esc(summary.get('model_version'))} with cleanlab: {esc(summary.get('out_of_sample'))} made after that "
+            f"model (only those can be flagged), <b>{len(flagged)} flagged</b>. Green: the label; red: the model's "
+            "damage. Lowest label quality first.</p>")
+    body += '<div class="thumbs">' + "".join(cards) + "</div>" if cards else ""
+    people = summary.get("annotators") or []
+    if people:
+        body += "<h3>Annotators</h3>" + grid(["annotator", "photos", "mean IoU with the model", "mean label quality",
+                                              "flagged"],
+                                             [[a["annotator"], a["photos"], a["mean_model_iou"], a["mean_quality"],
+                                               a["flagged"]] for a in people])
+    if summary.get("annotator_pairs"):
+        body += "<h3>Annotators with each other</h3>" + grid(
+            ["annotators", "tasks", "mean IoU"],
+            [[" & ".join(p["annotators"]), p["tasks"], p["mean_iou"]] for p in summary["annotator_pairs"]])
+    if summary.get("class_pairs"):
+        body += "<h3>Most often swapped (label given, model's class)</h3>" + grid(
+            ["given", "model", "pixels", "share"],
+            [[p["given"], p["predicted"], p["pixels"], p["share"]] for p in summary["class_pairs"][:8]])
+    body += (f"<p>{link(csv_path, 'label audit (CSV)', page_dir)} &middot; send the flagged labels back for review: "
+             "<code>cardamage labelstudio review</code>; keep them out of training: "
+             "<code>prepare.exclude_flagged: true</code></p>")
+    return section(f"Label audit ({len(flagged)} flagged)", body, "audit")

@@ -140,7 +140,16 @@ def test_a_pull_audits_the_labels_and_review_sends_flagged_ones_back(ls_client, 
     assert "label audit (model" in summary and "2 flagged" in summary, summary
     rows = read_audit(params)
     assert len(rows) == 2 and all(r["out_of_sample"] == "True" and r["flagged"] == "True" for r in rows)
-    assert json.loads(Path(params.labelstudio.audit.summary).read_text())["photos"] == 2
+    audit = json.loads(Path(params.labelstudio.audit.summary).read_text())
+    assert audit["photos"] == 2 and len(audit["overlays"]) == 2
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path / "audit" for p in audit["overlays"].values())
+
+    from cardamage.monitoring.report import build_report
+
+    params.report.out_file, params.report.assets_dir = str(tmp_path / "report.html"), str(tmp_path / "assets")
+    build_report(params)
+    page = (tmp_path / "report.html").read_text()
+    assert "Label audit (2 flagged)" in page and 'src="audit/' in page and "cardamage labelstudio review" in page
 
     first = push_reviews(ls_client, ls_project, params)
     again = push_reviews(ls_client, ls_project, params)
