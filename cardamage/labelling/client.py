@@ -73,8 +73,9 @@ def api_key_from_env() -> str:
     """
     key = os.environ.get("LABEL_STUDIO_API_KEY", "")
     if not key.strip():
-        raise LabelStudioError("LABEL_STUDIO_API_KEY is not set: copy the access token from Label Studio "
-                               "(Account & Settings) into that environment variable")
+        raise LabelStudioError("LABEL_STUDIO_API_KEY is not set: run `cardamage labelstudio up` for a local server, "
+                               "or copy the access token from Label Studio (Account & Settings) into that "
+                               "environment variable")
     return check_api_key(key, "LABEL_STUDIO_API_KEY")
 
 
