@@ -322,14 +322,10 @@ def push(params: Params, selection: str) -> None:
 @with_params
 def pull(params: Params) -> None:
     """Bring finished Label Studio labels into labelstudio.labelled_dir (training data) and the exports."""
+    from cardamage.cli_labelstudio import project_client
     from cardamage.labelling.pull import pull_project
-    from cardamage.labelling.push import connect_params
 
-    client = connect_params(params)
-    project_id = client.find_project(params.labelstudio.project_title)
-    if project_id is None:
-        raise click.ClickException(f"no Label Studio project titled {params.labelstudio.project_title!r} at "
-                                   f"{client.url} (run `cardamage labelstudio init`)")
+    client, project_id = project_client(params)
     click.echo(pull_project(client, project_id, params).text())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -103,12 +104,19 @@ def labelstudio_down(params: Params) -> None:
 @with_params
 def labelstudio_review(params: Params) -> None:
     """Send the labels the last pull's audit flagged (labelstudio.audit.csv) back to Label Studio for review."""
-    from cardamage.labelling.push import connect_params
     from cardamage.labelling.review import push_reviews
+
+    client, project_id = project_client(params)
+    click.echo(push_reviews(client, project_id, params).text())
+
+
+def project_client(params: Params) -> tuple[Any, int]:
+    """The Label Studio client and the id of the project titled ``labelstudio.project_title`` (which must exist)."""
+    from cardamage.labelling.push import connect_params
 
     client = connect_params(params)
     project_id = client.find_project(params.labelstudio.project_title)
     if project_id is None:
         raise click.ClickException(f"no Label Studio project titled {params.labelstudio.project_title!r} at "
                                    f"{client.url} (run `cardamage labelstudio init`)")
-    click.echo(push_reviews(client, project_id, params).text())
+    return client, project_id

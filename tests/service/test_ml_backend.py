@@ -93,7 +93,7 @@ def test_predict_answers_every_task_in_order_in_percent(backend):
             points = np.array(item["value"]["points"])
             assert points.min() >= 0 and points.max() <= 100
     assert sum(len(r["result"]) for r in results) > 0
-    assert results[0]["score"] != results[1]["score"]
+    assert all(0.0 <= r["score"] <= np.log(2) + 1e-6 for r in results)  # entropy (select.hybrid_score), nats
 
 
 def test_a_task_without_image_or_with_a_missing_image_gets_no_result_and_the_rest_do(backend, caplog):
@@ -212,3 +212,35 @@ def test_pool_clusters_match_select_and_place_new_photos_by_nearest_centroid():
     new = (centres + rng.normal(size=(3, 16)) * 0.1).astype(np.float32)
     assert pool.assign(new, [None] * 3) == [pool.by_id[ids[0]], pool.by_id[ids[10]], pool.by_id[ids[20]]]
     assert pool.assign(np.zeros((1, 8), np.float32), [None]) == [None]
+
+
+def test_predictions_carry_the_pool_clusters_from_the_scores_table(backend, tmp_path):
+    import hashlib
+
+    import pandas as pd
+
+    from cardamage.data.images import load_image
+    from cardamage.model.inference import predict_with_embeddings
+    from cardamage.model.inputs import prepare_image
+
+    client, params, _, state = backend
+    loaded = state.holder.current().main
+    names = ["11.jpg", "12.jpg", "28.jpg", "45.jpg", "60.jpg"]
+    x = np.stack([prepare_image(load_image(SAMPLE_TEST / n, max_side=1024), 64)[0] for n in names])
+    _, emb = predict_with_embeddings(loaded.model, x)
+    ids = [hashlib.sha256((SAMPLE_TEST / n).read_bytes()).hexdigest() for n in names]
+    pool = pd.DataFrame({"id": ids[:-1], "path": names[:-1], "embedding": [e.tolist() for e in emb[:-1]],
+                         "model_version": "v", "reduction": "topk"})
+    pool.to_parquet(tmp_path / "scores.parquet")
+    old_out, old_k = params.score.out, params.select.clusters
+    params.score.out, params.select.clusters = str(tmp_path / "scores.parquet"), 2
+    try:
+        results = client.post("/predict", json={"tasks": [task(i, n) for i, n in enumerate(names)],
+                                                "label_config": CONFIG}).json()["results"]
+    finally:
+        params.score.out, params.select.clusters = old_out, old_k
+    from cardamage.active.clusters import cluster_labels
+
+    expected = cluster_labels(emb[:-1], ids[:-1], 2).tolist()
+    assert [r["cluster"] for r in results[:-1]] == expected  # the pool's photos: their select clusters
+    assert results[-1]["cluster"] in (0, 1)  # a new photo: the nearest cluster
