@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cardamage.active import acquisition as acq
 from cardamage.active.clusters import with_clusters
 from cardamage.active.strategies import EMBEDDINGS, SelectContext, get_strategy
 from cardamage.data.dedup import hamming_matrix
@@ -113,7 +114,8 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 
 def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0,
                  labelled_embeddings: np.ndarray | None = None, hybrid_factor: float = 5.0,
-                 hybrid_score: str = "entropy", near_duplicate_distance: int | None = None) -> pd.DataFrame:
+                 hybrid_score: str = "entropy", near_duplicate_distance: int | None = None,
+                 stochastic: str = "none", temperature: float = 1.0, cold_start_below: int = 0) -> pd.DataFrame:
     """Choose ``budget`` photos from a scores table with a registered strategy.
 
     Args:
@@ -126,6 +128,9 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         hybrid_factor: ``M = hybrid_factor * budget`` uncertain candidates for ``hybrid``.
         hybrid_score: the uncertainty column ``hybrid`` ranks by.
         near_duplicate_distance: dHash distance under which ranked picks skip near-duplicates.
+        stochastic, temperature: a seeded draw weighted by the scores instead of the top scores
+            (``select.stochastic``; see :func:`ranking_keys`).
+        cold_start_below: with fewer labelled photos than this, ``typiclust`` picks instead of ``strategy``.
 
     Returns:
         A table with :data:`SELECTION_COLUMNS`, rank 1 first.
@@ -134,6 +139,11 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         EmptyInputError: no candidate; BadParameterError: unknown strategy, budget < 1;
         BadInputError: a score column the strategy needs is missing.
     """
+    n_labelled = 0 if labelled_embeddings is None else len(labelled_embeddings)
+    if n_labelled < cold_start_below and strategy != "typiclust":
+        log.info("%d labelled photo(s), under select.cold_start_below=%d: typiclust instead of %s", n_labelled,
+                 cold_start_below, strategy)
+        strategy = "typiclust"
     chosen = get_strategy(strategy)
     if budget < 1:
         raise BadParameterError(f"select.budget: must be >= 1, got {budget}")
@@ -143,7 +153,8 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
     if budget > len(table):
         log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
         budget = len(table)
-    ctx = SelectContext(budget, seed, labelled_embeddings, hybrid_factor, hybrid_score, near_duplicate_distance)
+    ctx = SelectContext(budget, seed, labelled_embeddings, hybrid_factor, hybrid_score, near_duplicate_distance,
+                        stochastic, temperature)
     picked = chosen.select(table, ctx).reset_index(drop=True)
     picked.insert(3, "rank", np.arange(1, len(picked) + 1))
     picked["strategy"] = strategy
@@ -158,13 +169,37 @@ def score_column(table: pd.DataFrame, name: str) -> np.ndarray:
     return table[name].to_numpy(np.float64)
 
 
+def ranking_keys(values: np.ndarray, ids: list[str], ctx: SelectContext | None) -> np.ndarray:
+    """What :func:`ranked` sorts by (highest first): ``values [N]``, or with ``ctx.stochastic`` a
+    Gumbel-perturbed key, so that taking the top ``k`` keys draws ``k`` photos without replacement
+    with ``P ~ score^temperature`` (``power``) or ``exp(temperature * score)`` (``softmax``), the
+    stochastic batch acquisition of Kirsch et al. (2023). The noise is a hash of ``(seed, id)``:
+    the same seed and pool give the same batch, whatever the pool's order.
+    """
+    clean = np.nan_to_num(np.asarray(values, np.float64), nan=-np.inf)
+    mode = "none" if ctx is None else ctx.stochastic
+    if mode == "none":
+        return clean
+    if ctx.temperature <= 0:
+        raise BadParameterError(f"select.temperature: must be > 0, got {ctx.temperature}")
+    u = np.clip(acq.random_scores(ids, ctx.seed), 1e-12, 1 - 1e-12)
+    gumbel = -np.log(-np.log(u))
+    if mode == "power":
+        return ctx.temperature * np.log(np.maximum(clean, 1e-12)) + gumbel
+    if mode == "softmax":
+        return ctx.temperature * clean + gumbel
+    raise BadParameterError(f"select.stochastic: one of none, power, softmax, got {mode!r}")
+
+
 def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_distance: int | None,
-           reason: Callable[[float, int, int], str]) -> pd.DataFrame:
-    """The ``budget`` rows with the highest ``values [N]`` (ties by id), skipping near-duplicates.
+           reason: Callable[[float, int, int], str], ctx: SelectContext | None = None) -> pd.DataFrame:
+    """The ``budget`` rows with the highest ``values [N]`` (ties by id), skipping near-duplicates;
+    with ``ctx.stochastic``, a seeded draw weighted by the values instead (:func:`ranking_keys`).
 
     ``reason(value, position in the ranking (1-based), N)`` writes each pick's reason.
     """
-    order = np.lexsort((table["id"].to_numpy(), -np.nan_to_num(values, nan=-np.inf)))
+    keys = ranking_keys(values, table["id"].tolist(), ctx)
+    order = np.lexsort((table["id"].to_numpy(), -keys))
     chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance)
     out = table.iloc[chosen][["id", "path"]].copy()
     out["score"] = values[chosen]
@@ -213,13 +248,14 @@ def coreset(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed:
 
 
 def hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: int,
-           factor: float, score_name: str) -> pd.DataFrame:
-    """k-center greedy inside the ``factor x budget`` highest ``score_name`` rows (the ``hybrid`` strategy)."""
+           factor: float, score_name: str, ctx: SelectContext | None = None) -> pd.DataFrame:
+    """k-center greedy inside the ``factor x budget`` highest ``score_name`` rows (the ``hybrid`` strategy);
+    with ``ctx.stochastic`` those rows are drawn (:func:`ranking_keys`)."""
     if factor < 1:
         raise BadParameterError(f"select.hybrid_factor: must be >= 1, got {factor}")
     values = score_column(table, score_name)
     m = min(len(table), max(budget, int(round(factor * budget))))
-    top = np.lexsort((table["id"].to_numpy(), -values))[:m]
+    top = np.lexsort((table["id"].to_numpy(), -ranking_keys(values, table["id"].tolist(), ctx)))[:m]
     picks, dists = k_center_greedy(embedding_matrix(table.iloc[top]), budget, labelled, seed)
     rows = top[picks]
     out = table.iloc[rows][["id", "path"]].copy()
@@ -275,13 +311,14 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     model_path = model_path or params.score.model_path
     pool, scores = run_score(params, source, model_path, scores_path, progress=progress)
     labelled = None
-    if EMBEDDINGS in chosen.needs:
+    if EMBEDDINGS in chosen.needs or sp.cold_start_below > 0:
         files = [(k.sha256, k.file) for k in pool.known if k.file is not None]
         labelled = labelled_embeddings(files, lambda: load_scorer(model_path, params.score.batch_size),
                                        checked_model_version(model_path, params),
                                        params.score.labelled_embeddings, params.score.batch_size)
     near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
-    selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near)
+    selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near,
+                             sp.stochastic, sp.temperature, sp.cold_start_below)
     selection = with_clusters(selection, scores, sp.clusters, seed)
     out = out or sp.out
     write_selection(selection, out)

@@ -92,7 +92,9 @@ def select_round(params: Params, strategy: str, seed: int, round_no: int, head: 
     table = pool_scores(params, head, bank, unlabelled, strategy)
     picked = select_batch(table, strategy, params.simulate.budget, seed=seed * 1000 + round_no,
                           labelled_embeddings=bank.embeddings[labelled],
-                          hybrid_factor=params.select.hybrid_factor, hybrid_score=params.select.hybrid_score)
+                          hybrid_factor=params.select.hybrid_factor, hybrid_score=params.select.hybrid_score,
+                          stochastic=params.select.stochastic, temperature=params.select.temperature,
+                          cold_start_below=params.select.cold_start_below)
     return [int(i) for i in picked["id"]]
 
 

@@ -21,7 +21,9 @@ Adding a strategy is one class (or instance) and one line::
     register(Typicality())
 
 Built-ins: ``entropy``, ``margin``, ``least_confidence``, ``bald`` (needs MC samples),
-``random``, ``coreset`` and ``hybrid`` (see :mod:`cardamage.active.selection`).
+``random``, ``coreset``, ``hybrid`` (see :mod:`cardamage.active.selection`) and ``typiclust``
+(:mod:`cardamage.active.typicality`). Every ranked strategy can draw its batch instead of taking the
+top scores (``select.stochastic``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class SelectContext:
         hybrid_factor, hybrid_score: the ``select`` section's hybrid settings.
         near_duplicate_distance: dHash distance under which ranked picks skip near-duplicates
             (``None``: no skipping).
+        stochastic, temperature: ``"none"`` ranks by score; ``"power"`` / ``"softmax"`` draw the
+            batch without replacement with ``P ~ score^temperature`` / ``exp(temperature * score)``
+            (see :func:`cardamage.active.selection.ranking_keys`).
     """
 
     budget: int
@@ -82,6 +87,8 @@ class SelectContext:
     hybrid_factor: float = 5.0
     hybrid_score: str = "entropy"
     near_duplicate_distance: int | None = None
+    stochastic: str = "none"
+    temperature: float = 1.0
 
 
 class Strategy:
@@ -140,8 +147,9 @@ class PixelUncertainty(Strategy):
         from cardamage.active.selection import ranked, score_column
 
         values = score_column(table, self.name)
+        drawn = "" if ctx.stochastic == "none" else f", drawn ({ctx.stochastic}, temperature {ctx.temperature:g})"
         return ranked(table, values, ctx.budget, ctx.near_duplicate_distance,
-                      lambda v, pos, n: f"{self.name} {v:.4f}, #{pos} of {n}")
+                      lambda v, pos, n: f"{self.name} {v:.4f}, #{pos} of {n}{drawn}", ctx)
 
 
 class RandomStrategy(Strategy):
@@ -188,7 +196,19 @@ class HybridStrategy(Strategy):
     def select(self, table: pd.DataFrame, ctx: SelectContext) -> pd.DataFrame:
         from cardamage.active.selection import hybrid
 
-        return hybrid(table, ctx.budget, ctx.labelled, ctx.seed, ctx.hybrid_factor, ctx.hybrid_score)
+        return hybrid(table, ctx.budget, ctx.labelled, ctx.seed, ctx.hybrid_factor, ctx.hybrid_score, ctx)
+
+
+class TypiclustStrategy(Strategy):
+    """The most typical photo of each large cluster without labels (cold start, see :mod:`.typicality`)."""
+
+    name = "typiclust"
+    needs = frozenset({EMBEDDINGS})
+
+    def select(self, table: pd.DataFrame, ctx: SelectContext) -> pd.DataFrame:
+        from cardamage.active.typicality import typiclust_select
+
+        return typiclust_select(table, ctx.budget, ctx.labelled, ctx.seed)
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -250,5 +270,5 @@ def needs_mc_samples(names: Sequence[str]) -> bool:
 for _builtin in (PixelUncertainty("entropy", acq.entropy_map), PixelUncertainty("margin", acq.margin_map),
                  PixelUncertainty("least_confidence", acq.least_confidence_map),
                  PixelUncertainty("bald", acq.bald_map, mc=True), RandomStrategy(), CoresetStrategy(),
-                 HybridStrategy()):
+                 HybridStrategy(), TypiclustStrategy()):
     register(_builtin)
