@@ -38,6 +38,7 @@ class SelectParams:
     stochastic: Literal["none", "power", "softmax"] = "none"
     temperature: float = 1.0
     cold_start_below: int = 0
+    max_per_claim: int = 2
     out: str = "reports/selection.csv"
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cardamage.active import acquisition as acq
+from cardamage.active.claims import with_claims
 from cardamage.active.clusters import with_clusters
 from cardamage.active.strategies import EMBEDDINGS, SelectContext, get_strategy
 from cardamage.data.dedup import hamming_matrix
@@ -115,7 +116,8 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0,
                  labelled_embeddings: np.ndarray | None = None, hybrid_factor: float = 5.0,
                  hybrid_score: str = "entropy", near_duplicate_distance: int | None = None,
-                 stochastic: str = "none", temperature: float = 1.0, cold_start_below: int = 0) -> pd.DataFrame:
+                 stochastic: str = "none", temperature: float = 1.0, cold_start_below: int = 0,
+                 max_per_claim: int = 0) -> pd.DataFrame:
     """Choose ``budget`` photos from a scores table with a registered strategy.
 
     Args:
@@ -131,6 +133,7 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         stochastic, temperature: a seeded draw weighted by the scores instead of the top scores
             (``select.stochastic``; see :func:`ranking_keys`).
         cold_start_below: with fewer labelled photos than this, ``typiclust`` picks instead of ``strategy``.
+        max_per_claim: ranked picks take at most this many photos of one claim (``scores.claim``; 0: any).
 
     Returns:
         A table with :data:`SELECTION_COLUMNS`, rank 1 first.
@@ -154,7 +157,7 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
         budget = len(table)
     ctx = SelectContext(budget, seed, labelled_embeddings, hybrid_factor, hybrid_score, near_duplicate_distance,
-                        stochastic, temperature)
+                        stochastic, temperature, max_per_claim)
     picked = chosen.select(table, ctx).reset_index(drop=True)
     picked.insert(3, "rank", np.arange(1, len(picked) + 1))
     picked["strategy"] = strategy
@@ -200,36 +203,45 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     """
     keys = ranking_keys(values, table["id"].tolist(), ctx)
     order = np.lexsort((table["id"].to_numpy(), -keys))
-    chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance)
+    chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance,
+                                            ctx.max_per_claim if ctx is not None else 0)
     out = table.iloc[chosen][["id", "path"]].copy()
     out["score"] = values[chosen]
     pos = {int(i): r for r, i in enumerate(order)}
     out["reason"] = [reason(float(values[i]), pos[int(i)] + 1, len(table)) for i in chosen]
     if skipped:
-        log.info("skipped %d near-duplicate(s) of photos already in the batch", skipped)
+        log.info("skipped %d near-duplicate(s) of photos already in the batch, or photo(s) of a claim that has "
+                 "select.max_per_claim photos in it", skipped)
     return out
 
 
-def _skip_near_duplicates(order: np.ndarray, table: pd.DataFrame, budget: int,
-                          max_distance: int | None) -> tuple[list[int], int]:
-    """Walk ``order`` and keep photos whose dHash is farther than ``max_distance`` from those kept."""
-    if max_distance is None or "phash" not in table.columns:
+def _skip_near_duplicates(order: np.ndarray, table: pd.DataFrame, budget: int, max_distance: int | None,
+                          max_per_claim: int = 0) -> tuple[list[int], int]:
+    """Walk ``order`` and keep photos whose dHash is farther than ``max_distance`` from those kept, and
+    at most ``max_per_claim`` photos of one claim (``table.claim``; ``0``: no limit)."""
+    hashes = table["phash"].tolist() if max_distance is not None and "phash" in table.columns else None
+    claims = table["claim"].tolist() if max_per_claim > 0 and "claim" in table.columns else None
+    if hashes is None and claims is None:
         return [int(i) for i in order[:budget]], 0
-    hashes = table["phash"].tolist()
     chosen: list[int] = []
     kept_hashes: list[str] = []
+    per_claim: dict[str, int] = {}
     skipped = 0
     for i in order:
-        h = hashes[int(i)]
-        if h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= max_distance:
+        h = hashes[int(i)] if hashes is not None else None
+        claim = claims[int(i)] if claims is not None else ""
+        if (h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= max_distance) or \
+                (claim and per_claim.get(claim, 0) >= max_per_claim):
             skipped += 1
             continue
         chosen.append(int(i))
         if h:
             kept_hashes.append(h)
+        if claim:
+            per_claim[claim] = per_claim.get(claim, 0) + 1
         if len(chosen) == budget:
             break
-    if len(chosen) < budget:  # too many near-duplicates: fill up with the best of the skipped ones
+    if len(chosen) < budget:  # too many near-duplicates or one claim only: fill up with the best skipped ones
         taken = set(chosen)
         rest = [int(i) for i in order if int(i) not in taken]
         chosen += rest[:budget - len(chosen)]
@@ -317,8 +329,10 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
                                        checked_model_version(model_path, params),
                                        params.score.labelled_embeddings, params.score.batch_size)
     near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
+    if sp.max_per_claim > 0:
+        scores = with_claims(scores)
     selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near,
-                             sp.stochastic, sp.temperature, sp.cold_start_below)
+                             sp.stochastic, sp.temperature, sp.cold_start_below, sp.max_per_claim)
     selection = with_clusters(selection, scores, sp.clusters, seed)
     out = out or sp.out
     write_selection(selection, out)

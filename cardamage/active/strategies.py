@@ -79,6 +79,7 @@ class SelectContext:
         stochastic, temperature: ``"none"`` ranks by score; ``"power"`` / ``"softmax"`` draw the
             batch without replacement with ``P ~ score^temperature`` / ``exp(temperature * score)``
             (see :func:`cardamage.active.selection.ranking_keys`).
+        max_per_claim: ranked picks take at most this many photos of one claim (``0``: any).
     """
 
     budget: int
@@ -89,6 +90,7 @@ class SelectContext:
     near_duplicate_distance: int | None = None
     stochastic: str = "none"
     temperature: float = 1.0
+    max_per_claim: int = 0
 
 
 class Strategy:

@@ -96,3 +96,26 @@ def test_a_stochastic_batch_spreads_over_near_ties_and_keeps_reasons(tmp_path):
     assert picked["reason"].str.contains("drawn \\(power, temperature 2\\)").all()
     with pytest.raises(BadParameterError, match="temperature"):
         select_batch(table, "entropy", 2, stochastic="power", temperature=0.0)
+
+
+def test_a_batch_takes_at_most_max_per_claim_photos_of_one_claim(tmp_path):
+    import json
+
+    from cardamage.active.claims import with_claims
+
+    x, _, _ = blobs(sizes=(12,), outliers=0)
+    table = table_of(x, scores=np.linspace(1.0, 0.0, 12))
+    table["path"] = [str(tmp_path / f"{i:02d}.jpg") for i in range(12)]
+    for i in range(12):  # the six most uncertain photos are one claim
+        claim = "claim-A" if i < 6 else f"claim-{i}"
+        (tmp_path / f"{i:02d}.json").write_text(json.dumps({"claim_id": claim}))
+    (tmp_path / "11.json").write_text("not json")  # no claim: not grouped, no error
+    table = with_claims(table)
+    assert table["claim"].tolist()[:7] == ["claim-A"] * 6 + ["claim-6"] and table["claim"].iloc[11] == ""
+    picked = select_batch(table, "entropy", 5, max_per_claim=2)
+    claims = table.set_index("id").loc[picked["id"], "claim"].tolist()
+    assert claims.count("claim-A") == 2 and len(picked) == 5
+    assert claims == ["claim-A", "claim-A", "claim-6", "claim-7", "claim-8"]
+    everything = select_batch(table, "entropy", 11, max_per_claim=2)  # too few claims: fill up
+    assert len(everything) == 11
+    assert select_batch(table, "entropy", 5)["id"].tolist() == table["id"].tolist()[:5]  # 0: no limit
