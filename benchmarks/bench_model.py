@@ -8,7 +8,8 @@ Prints, for one process:
 * training images/s through the project's tf.data pipeline (cached decode + augmentation) and
   through ``model.fit`` on the same photos as in-memory NumPy arrays;
 * prediction images/s of :func:`cardamage.model.inference.predict_probs` and of ``model.predict`` on the
-  same letterboxed arrays, at batch 1 and at the best batch size;
+  same letterboxed arrays, at batch 1 and at the best batch size, and with flip test-time
+  augmentation (``predict.tta: flip``);
 * end-to-end ``predict_files`` (decode, letterbox, model, polygons, JSON, splash) images/s with
   the model loaded once, and the post-processing (``assess``) alone;
 * peak resident memory (``resource.getrusage``, MiB);
@@ -72,7 +73,9 @@ def bench_prediction(model, x: np.ndarray, batch_sizes: list[int]) -> dict[str, 
         model.predict(x[:b], batch_size=b, verbose=0)
         ours = _rate(len(x), lambda: predict_probs(model, x, batch_size=b))
         raw = _rate(len(x), lambda: model.predict(x, batch_size=b, verbose=0))
-        out[str(b)] = {"predict_probs_images_per_s": ours, "raw_predict_images_per_s": raw, "overhead": raw / ours - 1}
+        flip = _rate(len(x), lambda: predict_probs(model, x, batch_size=b, tta="flip"))
+        out[str(b)] = {"predict_probs_images_per_s": ours, "raw_predict_images_per_s": raw, "overhead": raw / ours - 1,
+                       "tta_flip_images_per_s": flip}
     return out
 
 
@@ -153,7 +156,9 @@ def _print(r: dict) -> None:
     for label, (b, p) in (("batch 1", ("1", r["prediction"].get("1"))), ("best", best)):
         if p:
             print(f"predict {label:7s} (b={b:>2}) predict_probs {p['predict_probs_images_per_s']:.1f} img/s   "
-                  f"raw predict {p['raw_predict_images_per_s']:.1f} img/s   overhead {p['overhead']:+.1%}")
+                  f"raw predict {p['raw_predict_images_per_s']:.1f} img/s   overhead {p['overhead']:+.1%}   "
+                  f"with predict.tta=flip {p['tta_flip_images_per_s']:.1f} img/s "
+                  f"({p['predict_probs_images_per_s'] / p['tta_flip_images_per_s']:.2f}x the time)")
     e = r["end_to_end"]
     print(f"end-to-end predict_files (b={e['batch_size']}) {e['predict_files_images_per_s']:.1f} img/s   "
           f"raw predict {e['raw_predict_images_per_s']:.1f} img/s   overhead {e['overhead']:+.1%}   "

@@ -126,6 +126,7 @@ class PredictParams:
     polygon_epsilon: float = 1.5
     splash_format: Literal["jpg", "png"] = "jpg"
     batch_size: int = 4
+    tta: Literal["none", "flip"] = "none"
 
 
 @dataclass

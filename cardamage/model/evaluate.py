@@ -181,7 +181,7 @@ def run_model(params: Params, model: Any, info: Any, selected: tuple[list[str], 
     acc = _Accumulator(info.num_outputs)
     preds: dict[int, np.ndarray] = {}
     for images, masks, indices in base.batch(e.batch_size).as_numpy_iterator():
-        probs = predict_probs(model, images, batch_size=e.batch_size)
+        probs = predict_probs(model, images, batch_size=e.batch_size, tta=params.predict.tta)
         for probs_i, mask, idx in zip(probs, masks, indices):
             pred = probs_i.argmax(-1).astype(np.uint8)
             preds[int(idx)] = pred

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cardamage.errors import BadParameterError
+
 if TYPE_CHECKING:
     import keras
 
@@ -53,11 +55,29 @@ def _as_batch(images: np.ndarray, model: keras.Model) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Class probabilities ``float32 [N, S, S, C]`` for images ``[N, S, S, 3]`` (RGB 0-255)."""
+#: Test-time augmentations ``predict_probs`` knows: ``none``, or ``flip`` (the mean of the photo's
+#: prediction and of its mirror image's, mirrored back: twice the model's work).
+TTA_MODES = ("none", "flip")
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 8, tta: str = "none") -> np.ndarray:
+    """Class probabilities ``float32 [N, S, S, C]`` for images ``[N, S, S, 3]`` (RGB 0-255).
+
+    ``tta="flip"`` averages with the horizontally mirrored input's prediction (mirrored back).
+    """
+    if tta not in TTA_MODES:
+        raise BadParameterError(f"predict.tta: one of {', '.join(TTA_MODES)}, got {tta!r}")
     batch = _as_batch(images, model)
     out = [np.asarray(model.predict_on_batch(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0,) + tuple(model.outputs[0].shape[1:]), np.float32)
+    if not out:
+        return np.zeros((0,) + tuple(model.outputs[0].shape[1:]), np.float32)
+    probs = np.concatenate(out, axis=0)
+    if tta == "flip":
+        mirrored = batch[:, :, ::-1]
+        flipped = [np.asarray(model.predict_on_batch(np.ascontiguousarray(mirrored[i:i + batch_size])))
+                   for i in range(0, len(batch), batch_size)]
+        probs = (probs + np.concatenate(flipped, axis=0)[:, :, ::-1]) / 2.0
+    return probs
 
 
 def predict_with_embeddings(model: keras.Model, images: np.ndarray,

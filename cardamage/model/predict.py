@@ -64,10 +64,11 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def full_res_probs(loaded: LoadedModel, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Probabilities ``float32 [H, W, C]`` on each photo's own pixel grid (letterbox undone)."""
+def full_res_probs(loaded: LoadedModel, images: Sequence[np.ndarray], tta: str = "none") -> list[np.ndarray]:
+    """Probabilities ``float32 [H, W, C]`` on each photo's own pixel grid (letterbox undone);
+    ``tta``: ``none`` or ``flip`` (see :func:`cardamage.model.inference.predict_probs`)."""
     prepared = [prepare_image(img, loaded.info.input_size, loaded.info.resize) for img in images]
-    probs = predict_probs(loaded.model, np.stack([a for a, _ in prepared]))
+    probs = predict_probs(loaded.model, np.stack([a for a, _ in prepared]), tta=tta)
     return [unfit(p, fit) for p, (_, fit) in zip(probs, prepared)]
 
 
@@ -220,8 +221,8 @@ def predict_files(files: Sequence[Path], main: LoadedModel, params: Params, out:
         if not batch:
             continue
         images = [img for _, img in batch]
-        probs = full_res_probs(main, images)
-        part_probs = full_res_probs(part, images) if part else [None] * len(images)
+        probs = full_res_probs(main, images, p.tta)
+        part_probs = full_res_probs(part, images, p.tta) if part else [None] * len(images)
         for (f, image), pr, pp in zip(batch, probs, part_probs):
             result, splash = assess(image, pr, main, params, pp, part.info.classes if part else ())
             report.written.append(_write(out, _unique_stem(f, used), f, result, splash, p.splash_format))

@@ -135,3 +135,25 @@ def test_instances_traced_in_their_box_match_tracing_the_whole_photo():
     assert len(found) == len(whole) > 3
     for inst in found:
         assert inst["polygons"] == whole[tuple(inst["bbox"])]
+
+
+def test_flip_tta_is_the_mean_of_the_photo_and_its_mirror(tmp_path):
+    import numpy as np
+
+    from cardamage.config import ModelParams
+    from cardamage.errors import BadParameterError
+    from cardamage.model.heads import build_model
+    from cardamage.model.inference import predict_probs
+
+    model = build_model(ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,
+                                    projection_filters=8, backbone_preset=None), 2)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    plain, tta = predict_probs(model, x), predict_probs(model, x, tta="flip")
+    mirror = predict_probs(model, np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
+    assert np.allclose(tta, (plain + mirror) / 2, atol=1e-5) and not np.allclose(tta, plain, atol=1e-4)
+    assert np.allclose(tta.sum(-1), 1.0, atol=1e-4)
+    sym = np.concatenate([x[:, :, :32], x[:, :, :32][:, :, ::-1]], axis=2)  # a mirror-symmetric photo
+    assert np.allclose(predict_probs(model, sym, tta="flip"), predict_probs(model, sym, tta="flip")[:, :, ::-1],
+                       atol=1e-5)
+    with pytest.raises(BadParameterError, match="predict.tta"):
+        predict_probs(model, x, tta="rotate")
