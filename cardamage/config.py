@@ -94,6 +94,7 @@ class TrainParams:
     scale_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
     rotation_degrees: float = 10.0
     color_jitter: float = 0.2
+    checkpoint_every_s: float = 60.0
 
 
 @dataclass

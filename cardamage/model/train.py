@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 
 MONITOR = "val_mean_iou"
 HISTORY_COLUMNS = ("epoch", "loss", "mean_iou", "damage_iou", "val_loss", "val_mean_iou", "val_damage_iou",
-                   "learning_rate", "seconds")
+                   "learning_rate", "seconds", "train_seconds", "val_seconds", "save_seconds")
+#: Where an epoch's wall time went (seconds): the training steps (model and input pipeline), the
+#: validation pass, and saving the best checkpoint; ``seconds`` is their sum plus the callbacks.
+TIMING_COLUMNS = ("train_seconds", "val_seconds", "save_seconds")
 
 
 @dataclass
@@ -136,16 +139,20 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
         extra = {"params": {k: v for k, v in params_to_dict(params).items() if k in ("data", "model", "train")},
                  "class_weights": weights.tolist(), "pixel_counts": counts.tolist(),
                  "n_train": n_train, "n_val": n_val}
-        checkpoint = BestCheckpoint(model_path, info, extra, monitor)
-        history = HistoryCsv(history_csv, t.epochs)
+        checkpoint = BestCheckpoint(model_path, info, extra, monitor, t.checkpoint_every_s)
+        history = HistoryCsv(history_csv, t.epochs, checkpoint)
         callbacks: list[keras.callbacks.Callback] = [
-            history, checkpoint,
+            checkpoint, history,  # the checkpoint first: the history row shows this epoch's save time
             keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=t.early_stopping_patience),
         ]
         if t.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                                patience=max(1, t.early_stopping_patience // 3)))
-        model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=callbacks, verbose=0,
+                      shuffle=False)
+        finally:
+            checkpoint.flush()  # stopped by an error or Ctrl-C: the best epoch so far is on disk
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if checkpoint.best_epoch == 0:  # no finite score: keep the last weights rather than nothing
@@ -177,18 +184,50 @@ def _optimizer(params: Params, steps_per_epoch: int) -> keras.optimizers.Optimiz
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model (atomically, with its :class:`ModelInfo`) whenever ``monitor`` improves."""
+    """Keep the weights of the best epoch by ``monitor`` and save them (atomically, with :class:`ModelInfo`).
 
-    def __init__(self, path: Path, info: ModelInfo, extra: dict[str, Any], monitor: str = MONITOR):
+    An improving epoch's weights are copied in memory (milliseconds); the file is written when the
+    last write is ``every_s`` seconds old, at the end of training, and by :meth:`flush` (``train``
+    calls it when training stops early, Ctrl-C included). Writing a ``.keras`` file takes about a
+    second for the default model: on short epochs that was a fifth of the epoch.
+    """
+
+    def __init__(self, path: Path, info: ModelInfo, extra: dict[str, Any], monitor: str = MONITOR,
+                 every_s: float = 60.0):
         super().__init__()
         self.path, self.info, self.extra, self.monitor = Path(path), info, extra, monitor
+        self.every_s = float(every_s)
         self.best, self.best_epoch, self.version = -math.inf, 0, ""
+        self.save_seconds = 0.0  # of the last epoch: keeping its weights and writing the file
+        self._pending: tuple[list[np.ndarray], int, float, dict[str, Any]] | None = None
+        self._last_write = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        start = time.perf_counter()
         score = float((logs or {}).get(self.monitor, float("nan")))
         if math.isfinite(score) and score > self.best:
             self.best, self.best_epoch = score, epoch + 1
-            self.save(epoch + 1, score, logs)
+            self._pending = ([np.array(w, copy=True) for w in self.model.get_weights()], epoch + 1, score,
+                             dict(logs or {}))
+            if time.monotonic() - self._last_write >= self.every_s:
+                self.flush()
+        self.save_seconds = time.perf_counter() - start
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the best weights not written yet (the model keeps its current weights)."""
+        if self._pending is None:
+            return
+        weights, epoch, score, logs = self._pending
+        current = self.model.get_weights()
+        self.model.set_weights(weights)
+        try:
+            self.save(epoch, score, logs)
+        finally:
+            self.model.set_weights(current)
+        self._pending, self._last_write = None, time.monotonic()
 
     def save(self, epoch: int, score: float, logs: dict[str, Any] | None = None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
@@ -201,22 +240,32 @@ class BestCheckpoint(keras.callbacks.Callback):
 class HistoryCsv(keras.callbacks.Callback):
     """One CSV row per epoch (rewritten atomically) and one log line per epoch."""
 
-    def __init__(self, path: Path, epochs: int):
+    def __init__(self, path: Path, epochs: int, checkpoint: BestCheckpoint | None = None):
         super().__init__()
-        self.path, self.epochs = Path(path), epochs
+        self.path, self.epochs, self.checkpoint = Path(path), epochs, checkpoint
         self.rows: list[dict[str, float]] = []
-        self._start = 0.0
+        self._start = self._train_end = self._val = self._val_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._start = time.perf_counter()
+        self._start, self._train_end, self._val = time.perf_counter(), 0.0, 0.0
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._val_start = time.perf_counter()
+        self._train_end = self._train_end or self._val_start  # the training steps of this epoch are done
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._val += time.perf_counter() - self._val_start
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         row: dict[str, float] = {"epoch": epoch + 1}
-        for key in HISTORY_COLUMNS[1:-2]:
+        for key in HISTORY_COLUMNS[1:-5]:
             row[key] = float(logs[key]) if key in logs else float("nan")
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 2)
+        row["train_seconds"] = round(self._train_end - self._start, 2) if self._train_end else row["seconds"]
+        row["val_seconds"] = round(self._val, 2)
+        row["save_seconds"] = round(self.checkpoint.save_seconds if self.checkpoint else 0.0, 2)
         self.rows.append(row)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
@@ -224,8 +273,9 @@ class HistoryCsv(keras.callbacks.Callback):
         writer.writerows(self.rows)
         write_text(self.path, buf.getvalue())
         log.info("epoch %d/%d  loss %.4f  mean_iou %.3f  val_loss %.4f  val_mean_iou %.3f  val_damage_iou %.3f"
-                 "  lr %.2e  %.0fs", epoch + 1, self.epochs, row["loss"], row["mean_iou"], row["val_loss"],
-                 row["val_mean_iou"], row["val_damage_iou"], row["learning_rate"], row["seconds"])
+                 "  lr %.2e  %.0fs (train %.0fs, validation %.0fs, checkpoint %.1fs)", epoch + 1, self.epochs,
+                 row["loss"], row["mean_iou"], row["val_loss"], row["val_mean_iou"], row["val_damage_iou"],
+                 row["learning_rate"], row["seconds"], row["train_seconds"], row["val_seconds"], row["save_seconds"])
 
 
 def result_summary(result: TrainResult) -> dict[str, Any]:

@@ -69,6 +69,9 @@ def test_train_writes_model_and_history(run):
     with open(tmp / "reports" / "train_history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and {"loss", "val_loss", "val_mean_iou", "learning_rate"} <= set(rows[0])
+    timing = {k: float(rows[0][k]) for k in ("seconds", "train_seconds", "val_seconds", "save_seconds")}
+    assert 0 < timing["train_seconds"] <= timing["seconds"] and timing["val_seconds"] >= 0
+    assert timing["train_seconds"] + timing["val_seconds"] + timing["save_seconds"] <= timing["seconds"] + 0.05
     assert not list((tmp / "models").glob(".*"))  # no temporary file left behind
 
 
@@ -123,3 +126,34 @@ def test_train_argument_checks(tmp_path):
     result = CliRunner().invoke(main, ["train", "--params", str(tmp_path / "params.yaml"), "--set", "train.epochs=0",
                                        "--set", f"data.root={tmp_path}"])
     assert result.exit_code != 0 and "train.epochs: must be >= 1, got 0" in result.output
+
+
+def test_best_checkpoint_keeps_the_best_weights_and_writes_them_late(tmp_path):
+    import numpy as np
+
+    from cardamage.config import ModelParams
+    from cardamage.model.heads import build_model
+    from cardamage.model.io import ModelInfo, load_model
+    from cardamage.model.train import BestCheckpoint
+
+    model = build_model(ModelParams(backbone="mobilenetv3_small", width=0.25, input_size=64, head_filters=16,
+                                    projection_filters=8, backbone_preset=None), 2)
+    path = tmp_path / "best.keras"
+    ckpt = BestCheckpoint(path, ModelInfo(classes=["damage"], input_size=64), {}, "val_mean_iou", every_s=3600)
+    ckpt.set_model(model)
+    base = model.get_weights()
+    kernel = next(i for i, w in enumerate(base) if w.ndim == 4)
+    for epoch, (score, bump) in enumerate([(0.5, 1.0), (0.7, 2.0), (0.6, 3.0)]):
+        model.set_weights([w + bump if i == kernel else w for i, w in enumerate(base)])
+        ckpt.on_epoch_end(epoch, {"val_mean_iou": score})
+    assert not path.exists()  # nothing written within every_s
+    ckpt.on_train_end()
+    saved, info = load_model(path)
+    assert np.allclose(saved.get_weights()[kernel], base[kernel] + 2.0)  # epoch 2, the best
+    assert np.allclose(model.get_weights()[kernel], base[kernel] + 3.0)  # the model keeps its weights
+    assert ckpt.best_epoch == 2 and info.extra["epoch"] == 2
+    eager = BestCheckpoint(tmp_path / "eager.keras", ModelInfo(classes=["damage"], input_size=64), {},
+                           "val_mean_iou", every_s=0)
+    eager.set_model(model)
+    eager.on_epoch_end(0, {"val_mean_iou": 0.1})
+    assert (tmp_path / "eager.keras").is_file()  # every_s 0: each improvement is written at once
