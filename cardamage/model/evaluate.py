@@ -52,6 +52,7 @@ from cardamage.model.losses import (
     iou_per_class,
     precision_recall_curve,
 )
+from cardamage.model.mask_ap import MaskInstances, mask_ap
 from cardamage.model.plots import OverlayItem, overlay_grid, plot_pr_curve, plot_training_curves
 from cardamage.model.regions import count_regions
 
@@ -126,6 +127,7 @@ class _Accumulator:
     cm: np.ndarray = field(init=False)
     images: list[ImageResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    instances: MaskInstances = field(default_factory=MaskInstances)
 
     def __post_init__(self) -> None:
         self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
@@ -185,6 +187,7 @@ def run_model(params: Params, model: Any, info: Any, selected: tuple[list[str], 
         for probs_i, mask, idx in zip(probs, masks, indices):
             pred = probs_i.argmax(-1).astype(np.uint8)
             preds[int(idx)] = pred
+            acc.instances.add(mask, pred, probs_i, info.num_outputs, IGNORE_INDEX, e.min_instance_px)
             cm = confusion_matrix(mask, pred, info.num_outputs)
             acc.cm += cm
             valid = mask != IGNORE_INDEX
@@ -279,6 +282,7 @@ def _metrics(acc: _Accumulator, classes: list[str], score_kind: str, threshold: 
         "instances_true_mean": float(np.mean([r.true_instances for r in acc.images])),
         "instances_predicted_mean": float(np.mean([r.predicted_instances for r in acc.images])),
         "confusion_matrix": acc.cm.tolist(),
+        "mask_ap": mask_ap(acc.instances, list(classes)),
     }
 
 

@@ -141,9 +141,11 @@ def metrics_line(m: dict[str, Any]) -> str:
     image = m.get("image") or {}
     ci = ((m.get("intervals") or {}).get("damage_iou") or {}).get("ci")
     interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    mask = (m.get("mask_ap") or {}).get("mask_ap")
     return (f"mean IoU {f(m.get('mean_iou'))}, damage IoU {f(m.get('damage_iou'))}{interval}, "
             f"image F1 {f(image.get('f1'))}, AP {f(image.get('average_precision'))}, "
-            f"count MAE {f(m.get('instance_count_mae'), 2)} ({m.get('n_images', '?')} photos)")
+            + (f"mask AP {f(mask)}, " if mask is not None else "")
+            + f"count MAE {f(m.get('instance_count_mae'), 2)} ({m.get('n_images', '?')} photos)")
 
 
 def data_line(d: dict[str, Any]) -> str:

@@ -89,6 +89,9 @@ def test_evaluate_writes_all_metrics_and_plots(run):
     assert set(metrics["iou"]) == {"background", "damage"} and set(metrics["dice"]) == {"background", "damage"}
     assert {"precision", "recall", "f1", "threshold", "score"} <= set(metrics["image"])
     assert metrics["n_images"] == 3 and 0 <= metrics["mean_iou"] <= 1
+    ap = metrics["mask_ap"]  # COCO mask AP of the connected regions (pycocotools)
+    assert set(ap["per_class"]) == {"damage"} and ap["gt_instances"] > 0
+    assert ap["mask_ap"] is not None and 0 <= ap["mask_ap"] <= ap["mask_ap50"] <= 1
     assert metrics["splits"] == ["val"], "no test split in this data: evaluated on val"
     for name in ("training_curves.png", "overlays_worst.png", "overlays_best.png"):
         assert (tmp / "reports" / name).stat().st_size > 1000, name
