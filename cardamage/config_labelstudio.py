@@ -30,7 +30,7 @@ class BackendParams:
     retrain_quiet_s: float = 5.0
     retrain_commands: list[str] = field(default_factory=lambda: ["cardamage pull", "dvc repro"])
     retrain_log: str = "reports/backend_retrain.log"
-    state_file: str = "annotation/backend_state.json"
+    state_file: str = ".cardamage/backend_state.json"
     basic_auth_user: str | None = None
 
 
