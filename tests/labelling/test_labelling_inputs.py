@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cardamage.cli import main
-from cardamage.config import LabelStudioParams, Params
+from cardamage.config import AuditParams, LabelStudioParams, Params
 from cardamage.errors import BadInputError, CardamageError
 from cardamage.labelling.label_config import check_label_config_file, generate_label_config
 from cardamage.labelling.ledger import load_ledger
@@ -110,10 +110,14 @@ class FakeClient:
 
 
 def pull_params(tmp_path: Path) -> Params:
+    """Every output under ``tmp_path``, and no model (a repo's models/production.keras would start an audit)."""
     params = Params()
+    params.predict.model_path = str(tmp_path / "models" / "absent.keras")
     params.labelstudio = LabelStudioParams(
         ledger=str(tmp_path / "annotation" / "ledger.json"), exports_dir=str(tmp_path / "annotation" / "exports"),
-        labelled_dir=str(tmp_path / "labelled"), report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"))
+        labelled_dir=str(tmp_path / "labelled"), report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"),
+        audit=AuditParams(csv=str(tmp_path / "reports" / "label_audit.csv"),
+                          summary=str(tmp_path / "reports" / "label_audit.json")))
     return params
 
 

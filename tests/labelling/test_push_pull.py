@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cardamage.cli import main
-from cardamage.config import LabelStudioParams, Params
+from cardamage.config import AuditParams, LabelStudioParams, Params
 from cardamage.data.annotations import Instance
 from cardamage.data.dataset import load_dataset
 from cardamage.data.dedup import file_sha256
@@ -40,7 +40,9 @@ def make_params(tmp_path: Path, image_access: str = "upload", root: Path | None 
         local_files_root=str(root) if root else None, batch_size=batch_size, timeout_s=30, max_retries=2,
         ledger=str(tmp_path / "annotation" / "ledger.json"), exports_dir=str(tmp_path / "annotation" / "exports"),
         labelled_dir=str(tmp_path / "data" / "labelled"),
-        report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"))
+        report_csv=str(tmp_path / "reports" / "annotation_vs_model.csv"),
+        audit=AuditParams(csv=str(tmp_path / "reports" / "label_audit.csv"),
+                          summary=str(tmp_path / "reports" / "label_audit.json")))
     return params
 
 
