@@ -122,23 +122,35 @@ def _parse_time(text: str | None) -> _dt.datetime | None:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=_dt.timezone.utc)
 
 
-def model_grids(items: Sequence[AuditItem], params: Params, loaded: Any) -> tuple[list[AuditItem], np.ndarray,
-                                                                                   np.ndarray, list[str]]:
-    """The items whose photo loads, their labels ``uint8 [N, g, g]`` and probabilities ``float32 [N, K, g, g]``."""
+def model_grids(items: Sequence[AuditItem], params: Params, loaded: Any,
+                batch_size: int = 8) -> tuple[list[AuditItem], np.ndarray, np.ndarray, list[str]]:
+    """The items whose photo loads, their labels ``uint8 [N, g, g]`` and probabilities ``float32 [N, K, g, g]``.
+
+    Photos are decoded to at most ``max(4 x grid, input size)`` px and predicted ``batch_size`` at a time.
+    """
     from cardamage.data.images import ImageLoadError, load_image
     from cardamage.model.predict import full_res_probs
 
     grid, classes = params.labelstudio.audit.grid, list(loaded.info.classes)
     kept, labels, probs, skipped = [], [], [], []
+    batch: list[tuple[AuditItem, np.ndarray]] = []
+
+    def flush() -> None:
+        for (item, _), p in zip(batch, full_res_probs(loaded, [image for _, image in batch])):
+            probs.append(prob_grid(p, grid))
+            labels.append(label_grid(item.instances, classes, item.width, item.height, grid))
+            kept.append(item)
+        batch.clear()
+
     for item in items:
         try:
-            image = load_image(item.image, max_side=max(4 * grid, loaded.info.input_size))
+            batch.append((item, load_image(item.image, max_side=max(4 * grid, loaded.info.input_size))))
         except ImageLoadError as exc:
             skipped.append(str(exc))  # names the file
-            continue
-        probs.append(prob_grid(full_res_probs(loaded, [image])[0], grid))
-        labels.append(label_grid(item.instances, classes, item.width, item.height, grid))
-        kept.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
     k = loaded.info.num_outputs
     return (kept, np.stack(labels) if labels else np.zeros((0, grid, grid), np.uint8),
             np.stack(probs) if probs else np.zeros((0, k, grid, grid), np.float32), skipped)

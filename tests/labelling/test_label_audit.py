@@ -158,3 +158,21 @@ def test_a_pull_audits_the_labels_and_review_sends_flagged_ones_back(ls_client, 
     assert len(reviews) == 2 and {d["cardamage_id"] for _, d in reviews} == {r["id"] for r in rows}
     predictions = [p for p in ls_client.list_predictions(ls_project) if p["task"] in {i for i, _ in reviews}]
     assert len(predictions) == 2 and all(len(p["result"]) == len(DRAWN) for p in predictions)
+
+
+def test_model_grids_batch_the_photos_and_skip_an_unreadable_one_by_name(tmp_path, tiny_model_file):
+    from cardamage.labelling.audit import model_grids
+    from cardamage.model.io import load_model
+    from cardamage.model.predict import LoadedModel
+
+    items = sample_items(5)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    items.insert(2, AuditItem("f" * 64, tmp_path / "broken.jpg", [], 10, 10))
+    loaded = LoadedModel(*load_model(tiny_model_file), str(tiny_model_file))
+    params = Params()
+    params.labelstudio.audit.grid = 32
+    kept, labels, probs, skipped = model_grids(items, params, loaded, batch_size=2)
+    assert [k.sha256 for k in kept] == [i.sha256 for i in items if i.sha256 != "f" * 64]
+    assert labels.shape == (5, 32, 32) and probs.shape == (5, 2, 32, 32)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0]
