@@ -68,15 +68,16 @@ def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 8, t
     if tta not in TTA_MODES:
         raise BadParameterError(f"predict.tta: one of {', '.join(TTA_MODES)}, got {tta!r}")
     batch = _as_batch(images, model)
-    out = [np.asarray(model.predict_on_batch(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)]
-    if not out:
+    if not len(batch):
         return np.zeros((0,) + tuple(model.outputs[0].shape[1:]), np.float32)
-    probs = np.concatenate(out, axis=0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(model.predict_on_batch(np.ascontiguousarray(x[i:i + batch_size])))
+                               for i in range(0, len(x), batch_size)], axis=0)
+
+    probs = run(batch)
     if tta == "flip":
-        mirrored = batch[:, :, ::-1]
-        flipped = [np.asarray(model.predict_on_batch(np.ascontiguousarray(mirrored[i:i + batch_size])))
-                   for i in range(0, len(batch), batch_size)]
-        probs = (probs + np.concatenate(flipped, axis=0)[:, :, ::-1]) / 2.0
+        probs = (probs + run(batch[:, :, ::-1])[:, :, ::-1]) / 2.0
     return probs
 
 
