@@ -58,13 +58,11 @@ def with_clusters(selection: pd.DataFrame, scores: pd.DataFrame, k: int, seed: i
     ``scores`` needs ``id`` and ``embedding`` (one ``float32 [D]`` list per row); without them, or with
     ``k < 1``, ``selection`` comes back unchanged.
     """
-    if k < 1 or selection.empty or "embedding" not in scores.columns or scores.empty:
+    clusters = None if selection.empty else PoolClusters.from_scores(scores, k, seed)
+    if clusters is None:
         return selection
-    table = scores.drop_duplicates("id")
-    labels = cluster_labels(np.stack(table["embedding"].to_numpy()), table["id"].tolist(), k, seed)
-    by_id = dict(zip(table["id"], labels.tolist()))
     out = selection.copy()
-    out["cluster"] = np.array([by_id[i] for i in out["id"]], np.int64)  # the selection is drawn from ``scores``
+    out["cluster"] = np.array([clusters.by_id[i] for i in out["id"]], np.int64)  # drawn from ``scores``
     return out
 
 
