@@ -266,15 +266,30 @@ def overlay_folder(params: Params) -> Path:
     return Path(params.labelstudio.audit.csv).with_suffix("")
 
 
-def flagged_ids(params: Params) -> set[str]:
-    """sha256 of the photos the last audit flagged (empty without an audit file)."""
+def flagged_rows(path: str | Path, columns: Sequence[str] = ("id", "flagged")) -> list[dict[str, str]]:
+    """The flagged rows of an audit CSV (``cardamage labelstudio review``, ``prepare.exclude_flagged``).
+
+    Raises:
+        BadInputError: no audit file (run ``cardamage pull`` with a model first), or a file without ``columns``.
+    """
     import csv
 
+    from cardamage.errors import BadInputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{p}: no label audit yet (`cardamage pull` writes it when a model exists)")
+    with open(p, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not set(columns) <= set(rows[0]):
+        raise BadInputError(f"{p}: not a label audit (columns {', '.join(columns)} missing)")
+    return [r for r in rows if str(r.get("flagged")).lower() == "true"]
+
+
+def flagged_ids(params: Params) -> set[str]:
+    """sha256 of the photos the last audit flagged (empty without an audit file)."""
     path = Path(params.labelstudio.audit.csv)
-    if not path.is_file():
-        return set()
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["id"] for r in csv.DictReader(f) if str(r.get("flagged", "")).lower() == "true"}
+    return {r["id"] for r in flagged_rows(path)} if path.is_file() else set()
 
 
 def annotator_name(annotation: dict[str, Any]) -> str:

@@ -11,14 +11,12 @@ again. Running ``review`` twice creates nothing new for the same label.
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cardamage.config import Params
-from cardamage.errors import BadInputError
+from cardamage.labelling.audit import flagged_rows
 from cardamage.labelling.client import LabelStudioClient
 
 log = logging.getLogger(__name__)
@@ -40,22 +38,6 @@ class ReviewSummary:
         return line + "".join(f"\nnot found on the server: {m}" for m in self.missing)
 
 
-def flagged_rows(path: str | Path) -> list[dict[str, str]]:
-    """The flagged rows of an audit CSV.
-
-    Raises:
-        BadInputError: no audit file (run ``cardamage pull`` with a model first) or not an audit file.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no label audit yet (`cardamage pull` writes it when a model exists)")
-    with open(p, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"id", "task_id", "flagged"} <= set(rows[0]):
-        raise BadInputError(f"{p}: not a label audit (columns id, task_id, flagged missing)")
-    return [r for r in rows if str(r.get("flagged")).lower() == "true"]
-
-
 def review_task(task: dict[str, Any], row: dict[str, str]) -> dict[str, Any] | None:
     """The review task of a flagged ``row`` of ``task`` (exported, with annotations); ``None`` without that label."""
     annotation = next((a for a in task.get("annotations") or [] if str(a.get("id")) == row.get("annotation_id")),
@@ -74,7 +56,7 @@ def review_task(task: dict[str, Any], row: dict[str, str]) -> dict[str, Any] | N
 
 def push_reviews(client: LabelStudioClient, project_id: int, params: Params) -> ReviewSummary:
     """Import one review task per flagged label not under review yet (see the module doc)."""
-    rows = flagged_rows(params.labelstudio.audit.csv)
+    rows = flagged_rows(params.labelstudio.audit.csv, ("id", "task_id", "flagged"))
     summary = ReviewSummary(project_id, flagged=len(rows))
     if not rows:
         return summary
