@@ -61,6 +61,13 @@ def backend_model_path(params: Params, model_path: str | None = None) -> str:
             or params.predict.model_path)
 
 
+def backend_holder(params: Params, model_path: str | None = None) -> ModelHolder:
+    """The backend's model holder: :func:`backend_model_path`, checked against ``data.classes`` and
+    ``model.input_size``, looked at every ``serve.reload_check_s`` seconds."""
+    return ModelHolder(backend_model_path(params, model_path), check_s=params.serve.reload_check_s,
+                       expect_classes=params.data.classes, expect_input_size=params.model.input_size)
+
+
 class LabelStudioFiles:
     """Downloads task images from Label Studio: the configured connection, else the one ``/setup`` gave."""
 
@@ -212,8 +219,7 @@ def create_backend_app(params: Params, model_path: str | None = None, client: An
     """
     bp = params.labelstudio.backend
     auth = backend_auth(params)
-    holder = holder or ModelHolder(backend_model_path(params, model_path), check_s=params.serve.reload_check_s,
-                                   expect_classes=params.data.classes, expect_input_size=params.model.input_size)
+    holder = holder or backend_holder(params, model_path)
     retrainer = retrainer or Retrainer(bp.retrain_commands, bp.retrain_after, bp.retrain_quiet_s, bp.retrain_log,
                                        bp.state_file)
     backend = Backend(params, holder, LabelStudioFiles(params, client), retrainer)
@@ -274,8 +280,7 @@ def run_backend(params: Params, host: str | None = None, port: int | None = None
     import uvicorn
 
     bp = params.labelstudio.backend
-    holder = ModelHolder(backend_model_path(params, model_path), check_s=params.serve.reload_check_s,
-                         expect_classes=params.data.classes, expect_input_size=params.model.input_size)
+    holder = backend_holder(params, model_path)
     holder.check_files()
     holder.load()
     app = create_backend_app(params, holder=holder)
