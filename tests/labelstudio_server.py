@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
@@ -41,14 +40,11 @@ class LabelStudioServer:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the server's process group (only the processes this helper started)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout_s)
+        from cardamage.labelling.server import stop_process
+
+        if self.process.poll() is None:
+            stop_process(self.process.pid, timeout_s)  # SIGTERM the group, SIGKILL after timeout_s
+        self.process.poll()
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the server's output (for failure messages)."""
@@ -86,6 +82,7 @@ def start_server(document_root: str | os.PathLike, executable: str | None = None
         FileNotFoundError: no executable; RuntimeError: the server did not become healthy (log tail included).
     """
     from cardamage.labelling.client import LabelStudioError, wait_until_healthy
+    from cardamage.labelling.server import start_detached
 
     exe = executable or find_executable()
     if exe is None:
@@ -96,10 +93,8 @@ def start_server(document_root: str | os.PathLike, executable: str | None = None
     port, api_key = free_port(), secrets.token_hex(20)
     log_file = data / "server.log"
     start = time.monotonic()
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen([exe, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=server_env(data, root, "admin@example.com", api_key), stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = start_detached([exe, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)], log_file,
+                             server_env(data, root, "admin@example.com", api_key))
     server = LabelStudioServer(f"http://127.0.0.1:{port}", api_key, "admin@example.com", data, root, log_file,
                                process, 0.0)
     try:

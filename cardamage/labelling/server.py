@@ -97,13 +97,12 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def start_detached(command: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> int:
-    """Start ``command`` in its own session (it outlives this command), output appended to ``log_file``; its pid."""
+def start_detached(command: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``command`` in its own session (it outlives this command), output appended to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    return process.pid
+        return subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def stop_process(pid: int, timeout_s: float = 20.0) -> bool:
@@ -162,7 +161,7 @@ def ensure_server(params: Params, timeout_s: float, install: bool,
     root = Path(ls.local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or Path.cwd())
     env = server_env(Path(conn.data_dir).resolve(), root.resolve(), conn.username, conn.password, conn.api_key)
     conn.server_pid = start_detached([str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port",
-                                      str(ls.server_port)], Path(conn.log_file), env)
+                                      str(ls.server_port)], Path(conn.log_file), env).pid
     write_connection(path, conn)  # before waiting: `down` can stop a start that hangs
     echo(f"starting Label Studio at {conn.url} (the first start migrates its database: about a minute)...")
     try:
@@ -199,7 +198,7 @@ def ensure_backend(params: Params, conn: StoredConnection, params_args: tuple[st
             raise ServiceError(f"port {bp.port} on 127.0.0.1 is taken: set labelstudio.backend.port")
         conn.backend_log = conn.backend_log or str(Path(conn.log_file).with_name("backend.log"))
         conn.backend_pid = start_detached(backend_command(str(Path(model).resolve()), bp.port, params_args),
-                                          Path(conn.backend_log))
+                                          Path(conn.backend_log)).pid
         conn.backend_url = url
         write_connection(params.labelstudio.connection_file, conn)
     try:
