@@ -36,6 +36,8 @@ def overlay(image: np.ndarray, damage: np.ndarray, instances: Sequence[Instance]
 def write_overlays(items: Sequence[Any], loaded: Any, threshold: float, folder: Path, px: int = 320) -> dict[str, str]:
     """One overlay per :class:`~cardamage.labelling.audit.AuditItem` (photos that do not load are left out);
     ``{sha256: file}``. Old pictures in ``folder`` are removed first."""
+    import cv2
+
     from cardamage.data.images import ImageLoadError, load_image
     from cardamage.fileio import write_bytes
     from cardamage.model.predict import damage_labels, full_res_probs
@@ -51,8 +53,6 @@ def write_overlays(items: Sequence[Any], loaded: Any, threshold: float, folder: 
             log.warning("no audit picture: %s", exc)
             continue
         damage = damage_labels(full_res_probs(loaded, [image])[0], threshold) != 0
-        import cv2
-
         ok, jpeg = cv2.imencode(".jpg", overlay(image, damage, item.instances, item.width, item.height)[..., ::-1])
         if ok:
             path = folder / f"{item.sha256[:16]}.jpg"
