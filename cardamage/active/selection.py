@@ -203,7 +203,7 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     """
     keys = ranking_keys(values, table["id"].tolist(), ctx)
     order = np.lexsort((table["id"].to_numpy(), -keys))
-    chosen, skipped = _skip_near_duplicates(order, table, budget, near_duplicate_distance,
+    chosen, skipped = _skip_similar(order, table, budget, near_duplicate_distance,
                                             ctx.max_per_claim if ctx is not None else 0)
     out = table.iloc[chosen][["id", "path"]].copy()
     out["score"] = values[chosen]
@@ -215,7 +215,7 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     return out
 
 
-def _skip_near_duplicates(order: np.ndarray, table: pd.DataFrame, budget: int, max_distance: int | None,
+def _skip_similar(order: np.ndarray, table: pd.DataFrame, budget: int, max_distance: int | None,
                           max_per_claim: int = 0) -> tuple[list[int], int]:
     """Walk ``order`` and keep photos whose dHash is farther than ``max_distance`` from those kept, and
     at most ``max_per_claim`` photos of one claim (``table.claim``; ``0``: no limit)."""
