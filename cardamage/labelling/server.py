@@ -16,6 +16,7 @@ The password and the token are never printed: the summary names the file that ho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -148,9 +149,9 @@ def ensure_server(params: Params, timeout_s: float, install: bool,
     if conn and pid_alive(conn.server_pid):
         wait_until_healthy(conn.url, timeout_s, alive=lambda: pid_alive(conn.server_pid))
         return conn, "reused"
-    if conn is None or conn.url != f"http://127.0.0.1:{ls.server_port}":
-        conn = new_connection(path.parent, ls.server_port) if conn is None else \
-            StoredConnection(**{**conn.__dict__, "url": f"http://127.0.0.1:{ls.server_port}"})
+    # a stopped server starts again with its data and login, at the port the params name now
+    conn = new_connection(path.parent, ls.server_port) if conn is None else \
+        dataclasses.replace(conn, url=f"http://127.0.0.1:{ls.server_port}")
     if port_in_use(ls.server_port):
         raise ServiceError(f"port {ls.server_port} on 127.0.0.1 is taken by another program: stop it or set "
                            "labelstudio.server_port (or use that server: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
