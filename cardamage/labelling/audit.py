@@ -303,20 +303,15 @@ def annotator_name(annotation: dict[str, Any]) -> str:
 def items_from_pull(labelled: Sequence[Any], params: Params) -> tuple[list[AuditItem],
                                                                       dict[int, list[tuple[str, list[Instance]]]]]:
     """Audit items of pulled photos (:class:`~cardamage.labelling.pull.Pulled` with a file in
-    ``labelled_dir/images``) and each task's other annotations."""
-    from cardamage.labelling.pull import convert, usable_annotations
-
+    ``labelled_dir/images``) and each task's other annotations (converted once, by the pull)."""
     root = Path(params.labelstudio.labelled_dir)  # image names are relative to it (images/<name>)
     items, others = [], {}
     for p in labelled:
-        annotations = usable_annotations(p.task)
-        used = next((a for a in annotations if a.get("id") == p.annotation_id), annotations[0] if annotations else {})
-        task_id = int(p.task["id"])
+        used, task_id = p.annotation, int(p.task["id"])
         items.append(AuditItem(p.sha256, root / p.image_name, list(p.record.instances), p.record.width or 1,
                                p.record.height or 1, task_id, p.annotation_id, annotator_name(used),
                                str(used.get("updated_at") or used.get("created_at") or "")))
-        others[task_id] = [(annotator_name(a), convert(p.task, a.get("result") or [], params.data.classes).instances)
-                           for a in annotations if a is not used]
+        others[task_id] = [(annotator_name(a), rec.instances) for a, rec in p.others]
     return items, others
 
 

@@ -60,6 +60,10 @@ class Pulled:
     record: ImageRecord
     annotation_id: int | None = None
     image_name: str | None = None
+    #: the annotation used (newest first of the usable ones) and the task's other usable annotations,
+    #: each with its record (pixels): for the disagreement report and the label audit.
+    annotation: dict[str, Any] = field(default_factory=dict)
+    others: list[tuple[dict[str, Any], ImageRecord]] = field(default_factory=list)
 
 
 @dataclass
@@ -186,12 +190,11 @@ def _latest_predictions(predictions: list[dict[str, Any]]) -> dict[int, dict[str
     return latest
 
 
-def _disagreements(task: dict[str, Any], used: dict[str, Any], record: ImageRecord, others: list[dict[str, Any]],
-                   classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:
+def _disagreements(task: dict[str, Any], used: dict[str, Any], record: ImageRecord,
+                   others: list[tuple[dict[str, Any], ImageRecord]], threshold: float) -> list[dict[str, Any]]:
     rows = []
     width, height = record.width or 1, record.height or 1
-    for other in others:
-        rec = convert(task, other.get("result") or [], classes)
+    for other, rec in others:
         iou = mask_iou(record.instances, rec.instances, width, height)
         mine, theirs = record.attributes.get("choices") or [], rec.attributes.get("choices") or []
         if sorted(mine) != sorted(theirs) or iou < threshold:
@@ -213,9 +216,10 @@ def read_tasks(tasks: list[dict[str, Any]], ledger: dict[str, dict[str, Any]], p
             continue
         record = convert(task, annotations[0].get("result") or [], classes)
         sha = (task.get("data") or {}).get("cardamage_id") or by_task.get(task["id"])
-        pulled = Pulled(task, sha, verdict_of(record), record, annotations[0].get("id"))
-        rows = _disagreements(task, annotations[0], record, annotations[1:], classes,
-                              params.labelstudio.disagreement_iou)
+        others = [(a, convert(task, a.get("result") or [], classes)) for a in annotations[1:]]
+        pulled = Pulled(task, sha, verdict_of(record), record, annotations[0].get("id"), annotation=annotations[0],
+                        others=others)
+        rows = _disagreements(task, annotations[0], record, others, params.labelstudio.disagreement_iou)
         disagreements += [{"id": sha, **r} for r in rows]
         out.append(pulled)
     return out
