@@ -338,9 +338,10 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 4.0, epsilon: float = 0
     for contour, info in zip(contours, hierarchy[0]):
         if epsilon > 0:
             contour = cv2.approxPolyDP(contour, epsilon, True)
-        pts = [(float(x), float(y)) for x, y in contour.reshape(-1, 2)]
-        if len(pts) < 3 or polygon_area(pts) < min_area:
+        # the shoelace area of polygon_area, in C: most traced contours of a noisy mask are dropped here
+        if len(contour) < 3 or cv2.contourArea(contour) < min_area:
             continue
+        pts = list(map(tuple, contour.reshape(-1, 2).astype(np.float64).tolist()))
         (result.holes if info[3] >= 0 else result.outer).append(pts)
     return result
 

@@ -123,7 +123,7 @@ def _instance(regions: Regions, k: int, class_probs: np.ndarray, name: str, epsi
     area = int(regions.areas[k - 1])
     return {"id": -1, "class": name, "confidence": round(float(class_probs[y0:y1, x0:x1][region].mean()), 4),
             "area_px": area, "area_share": round(area / (h * w), 6), "bbox": [x, y, bw, bh],
-            "polygons": [[[round(px + x0, 1), round(py + y0, 1)] for px, py in poly] for poly in polygons]}
+            "polygons": [np.round(np.asarray(poly) + (x0, y0), 1).tolist() for poly in polygons]}
 
 
 def part_damage(part_probs: np.ndarray, damaged: np.ndarray, parts: Sequence[str],

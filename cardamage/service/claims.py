@@ -83,7 +83,7 @@ def to_photo_grid(result: dict[str, Any], width: int, height: int, sx: float, sy
         x0, y0 = math.floor(x * sx), math.floor(y * sy)
         x1, y1 = min(int(width), math.ceil((x + w) * sx)), min(int(height), math.ceil((y + h) * sy))
         inst["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-        inst["polygons"] = [[[round(min(px * sx, width), 1), round(min(py * sy, height), 1)] for px, py in poly]
+        inst["polygons"] = [np.round(np.minimum(np.asarray(poly, np.float64) * (sx, sy), (width, height)), 1).tolist()
                             for poly in inst["polygons"]]
     for part in result.get("parts", []):
         part["visible_px"] = int(round(part["visible_px"] * sx * sy))
