@@ -70,6 +70,8 @@ class ImageRecord:
         labelled: ``False`` for an image listed without any label information.
         attributes: image-level attributes (VIA ``file_attributes``, Label Studio choices).
         file_size: size in bytes as recorded by the source (VIA keys use it).
+        reviewed: the reviewed area as boxes ``(x, y, width, height)`` in pixels, ``None`` for the
+            whole photo (see :mod:`cardamage.data.reviewed`); pixels outside it are unlabelled.
     """
 
     path: str
@@ -82,6 +84,7 @@ class ImageRecord:
     labelled: bool = True
     attributes: dict[str, Any] = field(default_factory=dict)
     file_size: int | None = None
+    reviewed: list[tuple[float, float, float, float]] | None = None
 
     @property
     def name(self) -> str:

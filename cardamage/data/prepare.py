@@ -269,6 +269,7 @@ def write_split(items: Sequence[Item], out: Path, folder: str, params: Params) -
     """Copy the photos of one split, write its VIA file and masks; return its manifest rows."""
     from cardamage.data.formats import write_annotations
     from cardamage.data.masks import class_mask
+    from cardamage.data.reviewed import mask_unreviewed
 
     data = params.data
     category_of = category_mapper(data.classes, data.class_map)
@@ -280,9 +281,11 @@ def write_split(items: Sequence[Item], out: Path, folder: str, params: Params) -
         shutil.copyfile(item.file, out / folder / item.name)
         records.append(ImageRecord(path=item.name, width=r.width, height=r.height, sha256=item.sha256,
                                    split=folder, source=item.source, instances=r.instances,
-                                   attributes=r.attributes, file_size=item.file.stat().st_size))
+                                   attributes=r.attributes, file_size=item.file.stat().st_size,
+                                   reviewed=r.reviewed))
         mask_rel = f"{MASKS_DIR}/{folder}/{PurePosixPath(item.name).stem}.png"
-        mask = class_mask(r.instances, data.classes, int(r.height), int(r.width), category_of)
+        mask = mask_unreviewed(class_mask(r.instances, data.classes, int(r.height), int(r.width), category_of),
+                               r.reviewed)
         (out / mask_rel).write_bytes(png_bytes(mask))
         rows.append({"path": f"{folder}/{item.name}", "sha256": item.sha256, "phash": item.phash,
                      "split": folder, "width": r.width, "height": r.height,

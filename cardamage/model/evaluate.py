@@ -341,5 +341,5 @@ def _overlay_item(result: ImageResult, pred: np.ndarray, records: list, root: Pa
         log.warning("overlay: %s", exc)
         return None
     fit = fit_geometry(image.shape[1], image.shape[0], info.input_size, inference_mode(info.resize))
-    truth = fit_mask(record.instances, info.classes, fit, category_mapper(info.classes, class_map))
+    truth = fit_mask(record.instances, info.classes, fit, category_mapper(info.classes, class_map), record.reviewed)
     return OverlayItem(f"{record.path} IoU {result.damage_iou:.2f}", fit_image(image, fit), truth, pred)

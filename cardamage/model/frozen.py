@@ -120,7 +120,7 @@ def extract_features(params: Params, records: Sequence[Any], root: Path, batch_s
             continue
         fit = fit_geometry(image.shape[1], image.shape[0], size, "letterbox")
         batch.append(fit_image(image, fit))
-        masks.append(fit_mask(record.instances, params.data.classes, fit, category_of))
+        masks.append(fit_mask(record.instances, params.data.classes, fit, category_of, record.reviewed))
         paths.append(record.path)
         if len(batch) == batch_size:
             flush()

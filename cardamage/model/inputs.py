@@ -29,6 +29,7 @@ from cardamage.config import DataParams, TrainParams
 from cardamage.data.annotations import ImageRecord, Instance, category_mapper
 from cardamage.data.images import ImageLoadError, load_image
 from cardamage.data.masks import class_mask, instance_mask
+from cardamage.data.reviewed import Box, mask_unreviewed
 from cardamage.errors import BadParameterError
 from cardamage.model.losses import IGNORE_INDEX
 
@@ -96,11 +97,14 @@ def fit_image(image: np.ndarray, fit: Fit) -> np.ndarray:
 
 
 def fit_mask(instances: Sequence[Instance], classes: Sequence[str], fit: Fit,
-             category_of: Callable[[Instance], str | None] | None = None) -> np.ndarray:
+             category_of: Callable[[Instance], str | None] | None = None,
+             reviewed: Sequence[Box] | None = None) -> np.ndarray:
     """Class mask ``uint8 [S, S]`` of the instances under ``fit``; outside the photo = :data:`IGNORE_INDEX`.
 
     Polygons are scaled to input pixels and rasterised there (sharper than resizing a full-size mask);
-    RLE instances are rasterised at full size and resized with nearest neighbour.
+    RLE instances are rasterised at full size and resized with nearest neighbour. ``reviewed``: the
+    record's reviewed boxes in photo pixels (``None``: the whole photo); pixels outside them are
+    :data:`IGNORE_INDEX` too.
     """
     if any(inst.rle is not None for inst in instances):
         full = np.zeros((fit.orig_h, fit.orig_w), np.uint8)
@@ -114,7 +118,7 @@ def fit_mask(instances: Sequence[Instance], classes: Sequence[str], fit: Fit,
         scaled = [replace(inst, polygons=[[(x * fit.sx, y * fit.sy) for x, y in poly] for poly in inst.polygons])
                   for inst in instances]
         resized = class_mask(scaled, classes, fit.new_h, fit.new_w, category_of)
-    return _place(resized, fit, IGNORE_INDEX)
+    return _place(mask_unreviewed(resized, reviewed, fit.sx, fit.sy), fit, IGNORE_INDEX)
 
 
 def unfit(array: np.ndarray, fit: Fit, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -216,7 +220,7 @@ def base_dataset(records: Sequence[ImageRecord], root: str | os.PathLike, classe
             skipped.append(record.path)
             return np.zeros((size, size, 3), np.uint8), np.zeros((size, size), np.uint8), False
         fit = fit_geometry(image.shape[1], image.shape[0], size, resize)
-        return fit_image(image, fit), fit_mask(record.instances, classes, fit, category_of), True
+        return fit_image(image, fit), fit_mask(record.instances, classes, fit, category_of, record.reviewed), True
 
     def load_tf(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         image, mask, ok = tf.numpy_function(load, [i], [tf.uint8, tf.uint8, tf.bool], stateful=False)

@@ -15,12 +15,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from cardamage.data.reviewed import IGNORE_INDEX  # noqa: F401 (the label of "no label here")
 from cardamage.errors import BadParameterError
 
 log = logging.getLogger(__name__)
 
-#: Label value of pixels without a label (letterbox padding, area rotated in from outside).
-IGNORE_INDEX = 255
 _EPS = 1e-6
 
 

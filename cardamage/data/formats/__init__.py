@@ -322,3 +322,21 @@ def number(value: float, digits: int = 4) -> int | float:
 __all__ = ["FORMAT_MODULES", "Format", "Issues", "ReadRequest", "format_names", "formats", "get_format",
            "read_annotations", "register_format", "restrict_categories", "unregister_format",
            "write_annotations"]
+
+
+def read_reviewed(value: Any, where: str, issues: Issues) -> list[tuple[float, float, float, float]] | None:
+    """The reviewed boxes of an image entry (``None``: the whole photo; see :mod:`cardamage.data.reviewed`).
+
+    A value that is not a list of ``[x, y, width, height]`` is warned and read as "nothing reviewed"
+    (``[]``): the photo's labels then take no part in training rather than teach unlabelled pixels
+    as background.
+    """
+    from cardamage.data.reviewed import parse_boxes
+
+    if value is None:
+        return None
+    try:
+        return parse_boxes(value, where)
+    except ValueError as err:
+        issues.warn(f"{err}; nothing of this photo counts as reviewed", kind="bad reviewed_boxes")
+        return []

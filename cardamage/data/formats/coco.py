@@ -26,11 +26,13 @@ from cardamage.data.formats import (
     fitted_instances,
     number,
     pixel_size,
+    read_reviewed,
     record_size,
     scalar_id,
 )
 from cardamage.data.formats.registry import Format, ReadRequest
 from cardamage.data.masks import PolygonError, clamp_polygon, polygons_to_rle, unflatten
+from cardamage.data.reviewed import FIELD as REVIEWED_FIELD
 from cardamage.data.rle import RLEError, check_rle, pycoco_rle
 from cardamage.fileio import write_json
 
@@ -107,7 +109,8 @@ def _image(item: Any, n: int, source: str, issues: Issues) -> ImageRecord | None
     width, height = _size_of(item, path, issues)
     attrs = item.get("attributes")
     return ImageRecord(path=path, width=width, height=height, source=Path(source).name,
-                       attributes=dict(attrs) if isinstance(attrs, dict) else {})
+                       attributes=dict(attrs) if isinstance(attrs, dict) else {},
+                       reviewed=read_reviewed(item.get(REVIEWED_FIELD), f"image {path!r}", issues))
 
 
 def _polygons(segmentation: list[Any], record: ImageRecord, where: str, issues: Issues) -> list[Polygon]:
@@ -297,6 +300,8 @@ def to_coco(dataset: Dataset, start_id: int = 1, source: str = "COCO output") ->
         image = {"id": start_id + len(images), "file_name": record.path, "width": width, "height": height}
         if record.attributes:
             image["attributes"] = dict(record.attributes)
+        if record.reviewed is not None:
+            image[REVIEWED_FIELD] = [[number(v, 2) for v in box] for box in record.reviewed]
         images.append(image)
         for inst in fitted_instances(record, (width, height), issues):
             try:

@@ -26,11 +26,14 @@ from cardamage.data.formats import (
     finish_dataset,
     fitted_instances,
     number,
+    read_reviewed,
     record_file_size,
     record_size,
 )
 from cardamage.data.formats.registry import Format, ReadRequest
 from cardamage.data.formats.via_shapes import ELLIPSE_POINTS, shape_to_points  # noqa: F401 (re-exported)
+from cardamage.data.reviewed import FIELD as REVIEWED_FIELD
+from cardamage.data.reviewed import boxes_json
 from cardamage.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -177,9 +180,10 @@ def _file_size(entry: dict[str, Any], name: str, issues: Issues) -> int | None:
 
 def _record(entry: dict[str, Any], regions: list[dict[str, Any]], key: str | None, issues: Issues) -> ImageRecord:
     name = safe_relative_path(entry["filename"], issues.source)
-    attrs = entry.get("file_attributes")
+    attrs = dict(entry["file_attributes"]) if isinstance(entry.get("file_attributes"), dict) else {}
+    reviewed = read_reviewed(attrs.pop(REVIEWED_FIELD, None), f"image {name!r}", issues)
     record = ImageRecord(path=name, source=Path(issues.source).name, file_size=_file_size(entry, name, issues),
-                         attributes=dict(attrs) if isinstance(attrs, dict) else {})
+                         attributes=attrs, reviewed=reviewed)
     for i, region in enumerate(regions):
         inst = _instance(region, key or DEFAULT_CATEGORY_KEY, f"image {name!r} region {i}", issues)
         if inst is not None:
@@ -270,6 +274,14 @@ def via_regions(record: ImageRecord, key: str, instances: Sequence[Instance] | N
     return regions
 
 
+def file_attributes(record: ImageRecord) -> dict[str, Any]:
+    """VIA ``file_attributes`` of a record: its attributes plus the reviewed boxes as JSON text."""
+    attrs = dict(record.attributes)
+    if record.reviewed is not None:
+        attrs[REVIEWED_FIELD] = boxes_json(record.reviewed)
+    return attrs
+
+
 def to_via(dataset: Dataset, version: int = 2, category_key: str | None = None,
            source: str = "VIA output") -> dict[str, Any]:
     """VIA JSON as a dict keyed ``filename+size`` (size from the record, the file, or ``-1``).
@@ -289,13 +301,14 @@ def to_via(dataset: Dataset, version: int = 2, category_key: str | None = None,
         size = record_file_size(dataset, record)
         shape = record_size(dataset, record, issues)
         regions = via_regions(record, key, fitted_instances(record, shape, issues), issues)
+        attrs = file_attributes(record)
         if version == 1:
             out[f"{record.path}{size}"] = {"fileref": "", "size": size, "filename": record.path,
-                                           "base64_img_data": "", "file_attributes": dict(record.attributes),
+                                           "base64_img_data": "", "file_attributes": attrs,
                                            "regions": {str(i): r for i, r in enumerate(regions)}}
         else:
             out[f"{record.path}{size}"] = {"filename": record.path, "size": size, "regions": regions,
-                                           "file_attributes": dict(record.attributes)}
+                                           "file_attributes": attrs}
     issues.summarize()
     return out
 

@@ -22,7 +22,7 @@ from cardamage.data.annotations import AnnotationError, Dataset
 from cardamage.data.formats import Issues, fitted_instances, record_file_size, record_size
 from cardamage.data.formats.detect import check_surrogates, formats_tried, read_text
 from cardamage.data.formats.registry import Format, ReadRequest
-from cardamage.data.formats.via import DEFAULT_CATEGORY_KEY, parse_via, via_regions
+from cardamage.data.formats.via import DEFAULT_CATEGORY_KEY, file_attributes, parse_via, via_regions
 from cardamage.fileio import write_text
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def to_via_csv_rows(dataset: Dataset, category_key: str | None = None,
         if not record.labelled:
             continue
         size = record_file_size(dataset, record)
-        file_attrs = _compact(record.attributes)
+        file_attrs = _compact(file_attributes(record))
         instances = fitted_instances(record, record_size(dataset, record, issues), issues)
         regions = via_regions(record, key, instances, issues)
         if not regions:
