@@ -178,7 +178,7 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 
 @main.command()
 @click.option("--budget", type=click.IntRange(min=1), default=None,
-              help="Photos to select, at least 1 (default: select.budget).")
+              help="Photos (or regions, --unit region) to select, at least 1 (default: select.budget).")
 @click.option("--strategy", type=RegistryChoice(strategy_choices), default=None,
               help="A registered selection strategy (default: select.strategy).")
 @click.option("--seed", type=int, default=None, help="Seed for random / k-center (default: select.seed).")
@@ -187,16 +187,21 @@ def score(params: Params, pool: str | None, model_path: str | None, out: str | N
 @click.option("--pool", "pool", default=None, help="Pool folder or list file (default: data.pool).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model file (default: score.model_path).")
+@click.option("--unit", type=click.Choice(["photo", "region"]), default=None,
+              help="Label whole photos or regions (grid cells) of them (default: select.unit).")
 @click.option("--push", is_flag=True, help="Send the selection to Label Studio.")
 @with_params
 def select(params: Params, budget: int | None, strategy: str | None, seed: int | None, scores_path: str | None,
-           pool: str | None, model_path: str | None, push: bool) -> None:
-    """Select the next photos to label and write them to select.out (CSV)."""
+           pool: str | None, model_path: str | None, unit: str | None, push: bool) -> None:
+    """Select the next photos (or regions) to label and write them to select.out (CSV)."""
     from cardamage.active.selection import format_table, run_select
 
+    if unit:
+        params.select.unit = unit
     selection, out = run_select(params, budget, strategy, seed, scores_path, pool, model_path)
     click.echo(format_table(selection))
-    click.echo(f"wrote {out}: {len(selection)} photo(s), strategy {selection['strategy'].iloc[0]}")
+    what = "region(s)" if "region" in selection.columns else "photo(s)"
+    click.echo(f"wrote {out}: {len(selection)} {what}, strategy {selection['strategy'].iloc[0]}")
     if push:
         try:
             from cardamage.labelling.push import push_selection

@@ -20,6 +20,7 @@ class ScoreParams:
     mc_samples: int = 8
     random_seed: int = 0
     min_instance_px: int = 16
+    region_grid: int = 4
     hash_cache: str = "reports/hash_cache.json"
     labelled_embeddings: str = "reports/labelled_embeddings.npz"
 
@@ -39,6 +40,8 @@ class SelectParams:
     temperature: float = 1.0
     cold_start_below: int = 0
     max_per_claim: int = 2
+    unit: Literal["photo", "region"] = "photo"
+    max_regions_per_photo: int = 2
     out: str = "reports/selection.csv"
 
 

@@ -67,6 +67,8 @@ class LabelStudioParams:
     ledger: str = "annotation/ledger.json"
     exports_dir: str = "annotation/exports"
     labelled_dir: str = "data/labelled"
+    crops_dir: str = "annotation/crops"
+    region_margin: float = 0.25
     label_config: str = "annotation/label_config.xml"
     disagreement_iou: float = 0.5
     report_csv: str = "reports/annotation_vs_model.csv"

@@ -35,7 +35,7 @@ import pandas as pd
 
 from cardamage.active import scores_store
 from cardamage.active.pool import Pool, PoolPhoto, build_pool, check_not_empty
-from cardamage.active.strategies import ScoreBatch, score_columns, scoring_strategies
+from cardamage.active.strategies import CELL_DTYPE, ScoreBatch, score_columns, scoring_strategies
 from cardamage.config import Params, ScoreParams
 from cardamage.data.images import ImageLoadError, load_image
 from cardamage.errors import BadParameterError
@@ -175,7 +175,8 @@ def schema(dim: int, mc_samples: bool):
     import pyarrow as pa
 
     fields = [("id", pa.string()), ("path", pa.string())]
-    fields += [(c, pa.from_numpy_dtype(np.dtype(t))) for c, t in score_columns(mc_samples).items()]
+    fields += [(c, pa.list_(pa.float32()) if t == CELL_DTYPE else pa.from_numpy_dtype(np.dtype(t)))
+               for c, t in score_columns(mc_samples).items()]
     fields += [("damaged_share", pa.float32()), ("instance_count", pa.int32()),
                ("embedding", pa.list_(pa.float32(), dim)), ("phash", pa.string()), ("model_version", pa.string()),
                ("reduction", pa.string())]
@@ -187,7 +188,8 @@ def batch_table(batch: ScoredBatch, params: ScoreParams, version: str, table_sch
     import pyarrow as pa
 
     emb = np.asarray(batch.embeddings, np.float32)
-    data = {"id": [p.sha256 for p in batch.photos], "path": [p.name for p in batch.photos], **batch.columns,
+    columns = {c: list(np.asarray(v, np.float32)) if np.ndim(v) == 2 else v for c, v in batch.columns.items()}
+    data = {"id": [p.sha256 for p in batch.photos], "path": [p.name for p in batch.photos], **columns,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
             "phash": [p.phash for p in batch.photos], "model_version": [version] * len(batch.photos),
             "reduction": [reduction_tag(params)] * len(batch.photos)}
@@ -251,7 +253,7 @@ def _empty_scores() -> pd.DataFrame:
 
 def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_version: str,
                  params: ScoreParams) -> list[PoolPhoto]:
-    """Pool photos without a fresh row (other model version, reduction, score columns, or none at all).
+    """Pool photos without a fresh row (other model version, reduction, score columns, region grid, or none).
 
     The score columns are those the strategy registry expects now (``bald`` only with
     ``score.mc_samples > 0``; a newly registered strategy's columns): any other set rescores all.
@@ -259,8 +261,12 @@ def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_versio
     if not len(scores):
         return list(photos)
     fresh = scores[(scores["model_version"] == model_version) & (scores["reduction"] == reduction_tag(params))]
-    if set(scores.columns) - set(FIXED_COLUMNS) != set(score_columns(params.mc_samples > 0)):
+    expected = score_columns(params.mc_samples > 0)
+    if set(scores.columns) - set(FIXED_COLUMNS) != set(expected):
         fresh = fresh.iloc[0:0]
+    cells = next((c for c, t in expected.items() if t == CELL_DTYPE), None)
+    if cells is not None and len(fresh):  # another score.region_grid: rescore
+        fresh = fresh[[v is not None and len(v) == params.region_grid ** 2 for v in fresh[cells]]]
     have = set(fresh["id"])
     return [p for p in photos if p.sha256 not in have]
 

@@ -278,11 +278,26 @@ def hybrid(table: pd.DataFrame, budget: int, labelled: np.ndarray | None, seed: 
     return out
 
 
+def region_batch(scores: pd.DataFrame, pool, strategy: str, budget: int, ctx: SelectContext,
+                 max_per_photo: int) -> pd.DataFrame:
+    """:data:`SELECTION_COLUMNS` plus ``cell`` and ``region`` (``"x,y,w,h"``, photo pixels) for ``--unit region``."""
+    from cardamage.active.regions import grid_of, select_regions, with_boxes
+
+    if not len(scores):
+        raise EmptyInputError("the pool has no photo left to select (all excluded, unreadable or none found)")
+    picked = select_regions(scores, strategy, budget, ctx, max_per_photo)
+    picked = with_boxes(picked, {p.sha256: p.path for p in pool.photos}, grid_of(scores))
+    picked.insert(3, "rank", np.arange(1, len(picked) + 1))
+    picked["strategy"] = strategy
+    return picked[SELECTION_COLUMNS + ["cell", "region"]].reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------- output
 
 def write_selection(selection: pd.DataFrame, path: str) -> None:
-    """Write the selection as CSV (:data:`SELECTION_COLUMNS`, then ``cluster`` when it has one), atomically."""
-    columns = SELECTION_COLUMNS + [c for c in ("cluster",) if c in selection.columns]
+    """Write the selection as CSV (:data:`SELECTION_COLUMNS`, then ``cell``, ``region`` and ``cluster``
+    where it has them), atomically."""
+    columns = SELECTION_COLUMNS + [c for c in ("cell", "region", "cluster") if c in selection.columns]
     with atomic_path(path, suffix=".csv") as tmp:
         selection[columns].to_csv(tmp, index=False)
 
@@ -290,9 +305,11 @@ def write_selection(selection: pd.DataFrame, path: str) -> None:
 def format_table(selection: pd.DataFrame, max_rows: int = 50) -> str:
     """A plain-text table of the selection for the terminal."""
     shown = selection.head(max_rows)
-    lines = [f"{'rank':>4}  {'score':>8}  path"]
+    regions = "region" in selection.columns
+    lines = [f"{'rank':>4}  {'score':>8}  path" + ("  region (x,y,w,h)" if regions else "")]
     for _, row in shown.iterrows():
-        lines.append(f"{int(row['rank']):>4}  {float(row['score']):8.4g}  {row['path']}")
+        lines.append(f"{int(row['rank']):>4}  {float(row['score']):8.4g}  {row['path']}"
+                     + (f"  {row['region']}" if regions else ""))
     if len(selection) > max_rows:
         lines.append(f"... {len(selection) - max_rows} more in the CSV")
     return "\n".join(lines)
@@ -323,7 +340,7 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     model_path = model_path or params.score.model_path
     pool, scores = run_score(params, source, model_path, scores_path, progress=progress)
     labelled = None
-    if EMBEDDINGS in chosen.needs or sp.cold_start_below > 0:
+    if sp.unit != "region" and (EMBEDDINGS in chosen.needs or sp.cold_start_below > 0):
         files = [(k.sha256, k.file) for k in pool.known if k.file is not None]
         labelled = labelled_embeddings(files, lambda: load_scorer(model_path, params.score.batch_size),
                                        checked_model_version(model_path, params),
@@ -331,8 +348,13 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     near = params.data.near_duplicate_distance if sp.skip_near_duplicates else None
     if sp.max_per_claim > 0:
         scores = with_claims(scores)
-    selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near,
-                             sp.stochastic, sp.temperature, sp.cold_start_below, sp.max_per_claim)
+    if sp.unit == "region":
+        selection = region_batch(scores, pool, strategy, budget, SelectContext(
+            budget, seed, None, near_duplicate_distance=near, stochastic=sp.stochastic, temperature=sp.temperature,
+            max_per_claim=sp.max_per_claim), sp.max_regions_per_photo)
+    else:
+        selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near,
+                                 sp.stochastic, sp.temperature, sp.cold_start_below, sp.max_per_claim)
     selection = with_clusters(selection, scores, sp.clusters, seed)
     out = out or sp.out
     write_selection(selection, out)

@@ -78,7 +78,8 @@ def pool_scores(params: Params, head: Head, bank: FeatureBank, unlabelled: np.nd
         batch = ScoreBatch(probs, None, samples, [f"{i:08d}" for i in index], params.score)
         parts.append({c: v for s in scorers for c, v in s.score(batch).items()})
     for column in parts[0]:
-        table[column] = np.concatenate([p[column] for p in parts])
+        values = np.concatenate([p[column] for p in parts])
+        table[column] = list(values) if values.ndim == 2 else values
     return table
 
 

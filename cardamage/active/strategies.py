@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 MC_SAMPLES = "mc_samples"
 EMBEDDINGS = "embeddings"
+#: The ``columns`` dtype of a per-cell score column: a list of ``float32`` per photo (``[B, G*G]`` in a batch).
+CELL_DTYPE = "cells"
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ class Strategy:
     Class attributes:
         name: the name users type (``--strategy NAME``).
         needs: subset of ``{"mc_samples", "embeddings"}``.
-        columns: score columns written by ``cardamage score``: ``{column: numpy dtype name}``.
+        columns: score columns written by ``cardamage score``: ``{column: numpy dtype name}``, or
+            :data:`CELL_DTYPE` for a list of float32 per photo.
         uncertainty: ``True`` when the strategy ranks by its own uncertainty column, so that
             ``hybrid`` may use it as ``select.hybrid_score``.
     """
@@ -127,7 +130,11 @@ class Strategy:
 
 
 class PixelUncertainty(Strategy):
-    """Rank by a per-pixel uncertainty map reduced to one score per photo (``score.reduction``)."""
+    """Rank by a per-pixel uncertainty map reduced to one score per photo (``score.reduction``).
+
+    Also writes ``<name>_cells``: the same reduction per cell of a ``score.region_grid`` grid,
+    ``[B, G*G]`` (region units, :mod:`cardamage.active.regions`).
+    """
 
     uncertainty = True
 
@@ -135,15 +142,19 @@ class PixelUncertainty(Strategy):
         self.name = name  # type: ignore[misc]
         self.pixel_map = pixel_map
         self.needs = frozenset({MC_SAMPLES}) if mc else frozenset()  # type: ignore[misc]
-        self.columns = {name: "float32"}  # type: ignore[misc]
+        self.columns = {name: "float32", name + "_cells": CELL_DTYPE}  # type: ignore[misc]
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
         if MC_SAMPLES in self.needs and batch.samples is None:
             raise BadParameterError(f"strategy {self.name!r} needs MC-dropout samples (score.mc_samples > 0)")
         p = batch.params
         pixel = self.pixel_map(batch.samples if MC_SAMPLES in self.needs else batch.probs)
+        from cardamage.active.regions import cell_scores
+
         damage = acq.damage_mask(batch.probs) if p.reduction == "damage" else None
-        return {self.name: acq.reduce_pixels(pixel, p.reduction, p.topk_percent, damage, batch.valid)}
+        cells = cell_scores(pixel, batch.valid, p.region_grid, p.reduction, p.topk_percent, damage)
+        return {self.name: acq.reduce_pixels(pixel, p.reduction, p.topk_percent, damage, batch.valid),
+                self.name + "_cells": cells}
 
     def select(self, table: pd.DataFrame, ctx: SelectContext) -> pd.DataFrame:
         from cardamage.active.selection import ranked, score_column

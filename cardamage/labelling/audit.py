@@ -303,10 +303,14 @@ def annotator_name(annotation: dict[str, Any]) -> str:
 def items_from_pull(labelled: Sequence[Any], params: Params) -> tuple[list[AuditItem],
                                                                       dict[int, list[tuple[str, list[Instance]]]]]:
     """Audit items of pulled photos (:class:`~cardamage.labelling.pull.Pulled` with a file in
-    ``labelled_dir/images``) and each task's other annotations (converted once, by the pull)."""
+    ``labelled_dir/images``) and each task's other annotations (converted once, by the pull).
+
+    Photos labelled through region tasks (only part reviewed) are not audited."""
     root = Path(params.labelstudio.labelled_dir)  # image names are relative to it (images/<name>)
     items, others = [], {}
     for p in labelled:
+        if p.record.reviewed is not None:
+            continue  # labelled through region tasks: pixels outside them are unknown, not background
         used, task_id = p.annotation, int(p.task["id"])
         items.append(AuditItem(p.sha256, root / p.image_name, list(p.record.instances), p.record.width or 1,
                                p.record.height or 1, task_id, p.annotation_id, annotator_name(used),

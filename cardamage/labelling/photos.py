@@ -7,8 +7,9 @@ import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cardamage.data.dedup import file_sha256
 from cardamage.errors import BadInputError
@@ -26,6 +27,10 @@ class Photo:
     name: str
     score: float | None = None
     cluster: int | None = None  #: k-means cluster of its embedding in the pool (Label Studio's ordering)
+    #: region units: the cell ``(x, y, w, h)`` in photo pixels (``cardamage select --unit region``); ``None``: the photo
+    region: tuple[int, int, int, int] | None = None
+    #: extra task data (a region task's ``cardamage_region``)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_selection(path: str | os.PathLike) -> list[Photo]:
@@ -79,8 +84,11 @@ def _photo(file: Path, row: Mapping[str, str], source: Path, number: int) -> Pho
         group = int(cluster) if cluster not in (None, "") else None
     except (TypeError, ValueError):
         raise BadInputError(f"{source}: row {number}: cluster {cluster!r} is not an integer") from None
+    from cardamage.labelling.regions import parse_region
+
+    region = parse_region(row["region"], f"{source}: row {number}") if (row.get("region") or "").strip() else None
     return Photo(sha256=sha, path=file, name=PurePosixPath(row["path"].replace("\\", "/")).as_posix(), score=value,
-                 cluster=group if group is None or group >= 0 else None)
+                 cluster=group if group is None or group >= 0 else None, region=region)
 
 
 def photos_from_paths(paths: Sequence[str | os.PathLike]) -> list[Photo]:

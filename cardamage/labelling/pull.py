@@ -10,7 +10,8 @@ arrive in **percent** and are converted to **pixels** by :mod:`cardamage.data.fo
 Written (each only when its bytes change, so a second pull changes nothing):
 
 * ``<labelled_dir>/images/<name>`` and ``<labelled_dir>/via_region_data.json`` (VIA 2, region
-  attribute ``name``, file attribute ``cardamage_id``): the split the training pipeline reads;
+  attribute ``name``, file attribute ``cardamage_id``, and ``reviewed_boxes`` for a photo labelled
+  through region tasks, :mod:`cardamage.labelling.regions`): the split the training pipeline reads;
 * ``<exports_dir>/project_<id>_coco.json`` and ``project_<id>_via.json``: this project's labels,
   image names relative to ``labelled_dir``;
 * ``labelstudio.report_csv``: mask IoU of each label against the model's pre-annotation, and
@@ -64,6 +65,8 @@ class Pulled:
     #: each with its record (pixels): for the disagreement report and the label audit.
     annotation: dict[str, Any] = field(default_factory=dict)
     others: list[tuple[dict[str, Any], ImageRecord]] = field(default_factory=list)
+    #: a photo merged from region tasks: their task ids (:mod:`cardamage.labelling.regions`)
+    regions: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -242,13 +245,16 @@ def pull_project(client: LabelStudioClient, project_id: int, params: Params) -> 
     ledger = load_ledger(ls.ledger)
     summary.tasks = len(tasks)
     disagreements: list[dict[str, Any]] = []
-    pulled = read_tasks(tasks, ledger, project_id, params, summary, disagreements)
+    from cardamage.labelling.regions import merge_regions
+
+    pulled, region_items = merge_regions(read_tasks(tasks, ledger, project_id, params, summary, disagreements),
+                                         summary)
     summary.disagreements = len({d["task_id"] for d in disagreements})
     labelled = update_training_data(client, pulled, ledger, Path(ls.labelled_dir), data_key, summary)
     write_exports(labelled, params, project_id)
     write_report(labelled, predictions, params, Path(ls.report_csv))
     write_csv(Path(ls.report_csv).with_name("annotation_disagreements.csv"), DISAGREEMENT_COLUMNS, disagreements)
-    if _update_ledger(ledger, pulled, project_id):
+    if _update_ledger(ledger, [p for p in pulled if not p.regions] + region_items, project_id):
         save_ledger(ls.ledger, ledger)
     from cardamage.labelling.audit import audit_pull
 
@@ -264,7 +270,7 @@ def _via_entry(pulled: Pulled, name: str, size: int, project_id: int) -> tuple[s
     from cardamage.data.formats.via import to_via
 
     record = ImageRecord(path=name, width=pulled.record.width, height=pulled.record.height,
-                         instances=pulled.record.instances, file_size=size,
+                         instances=pulled.record.instances, file_size=size, reviewed=pulled.record.reviewed,
                          attributes={"cardamage_id": pulled.sha256, "labelstudio_project": project_id,
                                      "labelstudio_task": pulled.task.get("id")})
     return next(iter(to_via(Dataset(images=[record]), version=2, category_key="name").items()))
@@ -335,7 +341,8 @@ def _drop(item: Pulled, via: dict[str, Any], key_of: dict[str | None, str], root
 
 def _dataset(labelled: list[Pulled], params: Params) -> Dataset:
     records = [ImageRecord(path=p.image_name or "", width=p.record.width, height=p.record.height,
-                           instances=p.record.instances, attributes={"cardamage_id": p.sha256})
+                           instances=p.record.instances, attributes={"cardamage_id": p.sha256},
+                           reviewed=p.record.reviewed)
                for p in labelled]
     return Dataset(images=records, categories=list(params.data.classes), root=Path(params.labelstudio.labelled_dir))
 
@@ -367,7 +374,8 @@ def _report_row(item: Pulled, prediction: dict[str, Any] | None, classes: Sequen
 
 def write_report(labelled: list[Pulled], predictions: dict[int, dict[str, Any]], params: Params, path: Path) -> None:
     """``annotation_vs_model.csv``: per labelled photo, the mask IoU of the label vs the pre-annotation."""
-    rows = [_report_row(p, predictions.get(int(p.task["id"])), params.data.classes) for p in labelled]
+    rows = [_report_row(p, None if p.regions else predictions.get(int(p.task["id"])), params.data.classes)
+            for p in labelled]
     write_csv(path, REPORT_COLUMNS, sorted(rows, key=lambda r: str(r["image"])))
 
 

@@ -87,9 +87,10 @@ def prediction_result(instances: Sequence[Instance], width: int, height: int, co
 def build_task(photo: Photo, url: str, config: LabelConfig, predictions: Predictions | None,
                model_version: str | None, dropped: dict[str, int]) -> dict[str, Any]:
     """One Label Studio task: data (image URL, ``cardamage_id``, ``cardamage_path``, ``cardamage_cluster``
-    when the selection has clusters: sort or filter by it in the Data Manager), optional prediction."""
+    when the selection has clusters: sort or filter by it in the Data Manager, a region task's
+    ``cardamage_region``), optional prediction."""
     task: dict[str, Any] = {"data": {config.data_key: url, "cardamage_id": photo.sha256,
-                                     "cardamage_path": photo.name}}
+                                     "cardamage_path": photo.name, **photo.extra}}
     if photo.cluster is not None:
         # in the task's data: Label Studio 1.23's bulk import drops a prediction's own ``cluster`` field
         task["data"]["cardamage_cluster"] = photo.cluster
@@ -313,19 +314,23 @@ def push_selection(selection: str | os.PathLike, params: Params, client: LabelSt
 
     Pre-annotations come from ``predictions`` when given (sha256 -> instances in pixels), else from
     the model at ``predict.model_path``; without a model, tasks are pushed without them (noted in
-    the summary).
+    the summary). Rows with a ``region`` become region tasks (:mod:`cardamage.labelling.regions`).
     """
-    photos = read_selection(selection)
+    from cardamage.labelling.regions import region_photos, region_predictions, source_photos
+
+    photos = region_photos(read_selection(selection), params)
     client = client or connect_params(params)
     project_id = open_project(client, params)
     note = None
     if predictions is None:
-        found = model_predictions(_unpushed(photos, params), params)
+        found = model_predictions(source_photos(_unpushed(photos, params)), params)
         if found is None:
             note = (f"no model at {params.predict.model_path}: tasks pushed without pre-annotations "
                     "(train a model, or pass predictions)")
         else:
             predictions, model_version = found
+    if predictions is not None:
+        predictions = region_predictions(predictions, photos)
     summary = push_photos(client, project_id, photos, params.labelstudio, predictions, model_version)
     if note and summary.pushed:
         summary.notes.append(note)

@@ -80,9 +80,11 @@ def test_score_photos_writes_parquet_and_skips_unreadable(tmp_path):
                              progress=False)
     table = pd.read_parquet(out)
     assert n == 2 and list(unreadable) == ["bad.jpg"]
-    expected = ["id", "path", "entropy", "margin", "least_confidence", "bald", "random", "damaged_share",
+    expected = ["id", "path", "entropy", "entropy_cells", "margin", "margin_cells", "least_confidence",
+                "least_confidence_cells", "bald", "bald_cells", "random", "damaged_share",
                 "instance_count", "embedding", "phash", "model_version", "reduction"]
     assert table.columns.tolist() == expected
+    assert all(len(v) == 16 for v in table["entropy_cells"]), "a 4x4 grid of cell scores per photo"
     assert len(table["embedding"].iloc[0]) == 3 and (table["model_version"] == "v1").all()
     assert (table["reduction"] == "topk10").all() and table["bald"].max() < 1e-5
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
@@ -174,3 +176,32 @@ def test_select_one_line_messages(tiny_model, tmp_path):
         assert "Traceback" not in result.output
     result = _cli(tmp_path, tiny_model, "select", "--budget", "2", "--strategy", "best", "--pool", str(SAMPLE / "test"))
     assert result.exit_code != 0 and "--strategy" in result.output
+
+
+def test_select_regions_with_a_real_model(tiny_model, tmp_path):
+    from cardamage.data.images import image_size
+
+    result = _cli(tmp_path, tiny_model, "select", "--unit", "region", "--budget", "5", "--strategy", "entropy",
+                  "--pool", str(SAMPLE / "test"))
+    assert result.exit_code == 0, result.output
+    assert "5 region(s)" in result.output and "region (x,y,w,h)" in result.output
+    selection = pd.read_csv(tmp_path / "selection.csv")
+    assert len(selection) == 5 and selection["id"].value_counts().max() <= 2, "select.max_regions_per_photo"
+    assert list(selection["score"]) == sorted(selection["score"], reverse=True)
+    for path, region, cell in zip(selection["path"], selection["region"], selection["cell"]):
+        x, y, w, h = (int(v) for v in region.split(","))
+        width, height = image_size(path)
+        assert x == round(width * (cell % 4) / 4) and y == round(height * (cell // 4) / 4)
+        assert abs(w - width / 4) <= 1 and abs(h - height / 4) <= 1
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    best = max((v, i) for cells in scores["entropy_cells"] for i, v in enumerate(cells))
+    assert selection["score"].iloc[0] == pytest.approx(best[0], rel=1e-6), "the best cell of the pool comes first"
+
+    big = _cli(tmp_path, tiny_model, "select", "--unit", "region", "--budget", "500", "--strategy", "margin",
+               "--pool", str(SAMPLE / "test"))
+    assert big.exit_code == 0, big.output
+    assert len(pd.read_csv(tmp_path / "selection.csv")) == 14, "7 photos x 2 regions each"
+    wrong = _cli(tmp_path, tiny_model, "select", "--unit", "region", "--strategy", "coreset",
+                 "--pool", str(SAMPLE / "test"))
+    errors = [line for line in wrong.output.splitlines() if line.startswith("Error:")]
+    assert wrong.exit_code != 0 and len(errors) == 1 and "picks whole photos" in errors[0], wrong.output

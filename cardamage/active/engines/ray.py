@@ -60,7 +60,8 @@ def _columns(indices: Sequence[Any], rows: dict[int, dict[str, Any]], unreadable
                            "ok": np.array([int(i) in rows for i in indices]),
                            "error": np.array([unreadable.get(str(i), "") for i in indices], dtype=object)}
     for c in names:
-        out[c] = np.array([rows[int(i)][c] if int(i) in rows else 0 for i in indices])
+        blank = np.zeros_like(next(r[c] for r in rows.values() if c in r))
+        out[c] = np.array([rows[int(i)][c] if int(i) in rows else blank for i in indices])
     out["embedding"] = np.stack([rows[int(i)]["embedding"] if int(i) in rows else np.zeros(dim, np.float32)
                                  for i in indices]).astype(np.float32)
     return out
