@@ -68,6 +68,8 @@ class SimulateParams:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     mc_samples: int = 8
     target_fraction: float = 0.95
+    region_strategies: list[str] = field(default_factory=list, metadata={"choices": "strategies"})
+    task_cost: float = 0.1
     max_pool: int | None = None
     max_val: int | None = None
     cache_dir: str = "reports/simulate_cache"

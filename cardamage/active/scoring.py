@@ -266,7 +266,8 @@ def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_versio
         fresh = fresh.iloc[0:0]
     cells = next((c for c, t in expected.items() if t == CELL_DTYPE), None)
     if cells is not None and len(fresh):  # another score.region_grid: rescore
-        fresh = fresh[[v is not None and len(v) == params.region_grid ** 2 for v in fresh[cells]]]
+        fresh = fresh[[isinstance(v, (list, np.ndarray)) and len(v) == params.region_grid ** 2
+                       for v in fresh[cells]]]
     have = set(fresh["id"])
     return [p for p in photos if p.sha256 not in have]
 

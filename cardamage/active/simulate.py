@@ -44,8 +44,17 @@ import numpy as np
 import pandas as pd
 
 from cardamage.active.selection import select_batch
+from cardamage.active.simulate_regions import (
+    REGION_SUFFIX,
+    arm_strategy,
+    effort_of,
+    is_region_arm,
+    labelled_masks,
+    select_regions_round,
+)
 from cardamage.active.strategies import MC_SAMPLES, ScoreBatch, SelectContext, get_strategy, strategy_names
 from cardamage.config import Params
+from cardamage.data.reviewed import IGNORE_INDEX
 from cardamage.errors import BadInputError, BadParameterError
 from cardamage.fileio import atomic_path, write_json
 from cardamage.model.frozen import FeatureBank, HeadTrainer, backbone_config, evaluate_head, load_bank, predict_head
@@ -75,7 +84,9 @@ def pool_scores(params: Params, head: Head, bank: FeatureBank, unlabelled: np.nd
     mc = params.simulate.mc_samples if any(MC_SAMPLES in s.needs for s in scorers) else 0
     parts: list[dict[str, np.ndarray]] = []
     for index, probs, samples in predict_head(head, bank, unlabelled, mc):
-        batch = ScoreBatch(probs, None, samples, [f"{i:08d}" for i in index], params.score)
+        stride = bank.masks.shape[1] // probs.shape[1]  # probabilities at stride 4: padding from the masks
+        valid = bank.masks[index][:, ::stride, ::stride] != IGNORE_INDEX
+        batch = ScoreBatch(probs, valid, samples, [f"{i:08d}" for i in index], params.score)
         parts.append({c: v for s in scorers for c, v in s.score(batch).items()})
     for column in parts[0]:
         values = np.concatenate([p[column] for p in parts])
@@ -110,7 +121,10 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
             "val_splits": params.data.val_splits, "classes": params.data.classes,
             "class_map": params.data.class_map, "reduction": params.score.reduction,
             "topk_percent": params.score.topk_percent, "hybrid_factor": params.select.hybrid_factor,
-            "hybrid_score": params.select.hybrid_score, "n_pool": n_pool, "n_val": n_val}
+            "hybrid_score": params.select.hybrid_score, "n_pool": n_pool, "n_val": n_val,
+            "task_cost": sim.task_cost, "region_grid": params.score.region_grid,
+            "region_margin": params.labelstudio.region_margin,
+            "max_regions_per_photo": params.select.max_regions_per_photo}
 
 
 #: Config keys that may change between runs of one state: more rounds extend the finished runs.
@@ -139,37 +153,62 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
 
 def run_one(params: Params, state: dict[str, Any], state_path: Path, trainer: HeadTrainer, strategy: str,
             seed: int, pool: FeatureBank, val: FeatureBank, max_rounds: int | None) -> dict[str, Any]:
-    """Advance one (strategy, seed) run as far as allowed, saving the state after every round.
+    """Advance one (arm, seed) run as far as allowed, saving the state after every round.
 
-    A round trains on the labelled photos, evaluates, and (unless it is the last) selects the next
-    ones. A run that ended at a smaller ``rounds`` first retrains its last model (same seed; models
-    are not saved) to select, then goes on.
+    A round trains on what is labelled, evaluates, and (unless it is the last) selects the next
+    photos (or regions, for a ``<strategy>@region`` arm). A run that ended at a smaller ``rounds``
+    first retrains its last model (same seed; models are not saved) to select, then goes on.
     """
     sim = params.simulate
     num_classes = len(params.data.classes) + 1
     run = state["runs"].setdefault(f"{strategy}/{seed}", {"strategy": strategy, "seed": seed, "history": [],
                                                           "labelled": _initial(len(pool.paths), sim.initial, seed)})
+    run.setdefault("regions", [])
     last = sim.rounds if max_rounds is None else min(sim.rounds, max_rounds)
     history = run["history"]
-    if history and len(run["labelled"]) == history[-1]["labelled"] and len(history) <= last:
+    if history and _tasks(run) == history[-1].get("tasks", history[-1]["labelled"]) and len(history) <= last:
         prev = len(history) - 1
-        head = trainer.fit(pool, np.array(run["labelled"]), seed * 1000 + prev)
-        run["labelled"] = run["labelled"] + select_round(params, strategy, seed, prev, head, pool, run["labelled"])
+        _select(params, run, prev, _fit(params, trainer, pool, run, seed * 1000 + prev), pool)
         write_json(state_path, state)
     while len(history) <= last:
         round_no = len(history)
         start = time.perf_counter()
-        head = trainer.fit(pool, np.array(run["labelled"]), seed * 1000 + round_no)
+        head = _fit(params, trainer, pool, run, seed * 1000 + round_no)
         metrics = evaluate_head(head, val, num_classes)
-        history.append({"round": round_no, "labelled": len(run["labelled"]), **metrics,
+        effort, tasks = effort_of(pool, run["labelled"], run["regions"], params.score.region_grid,
+                                  params.labelstudio.region_margin, sim.task_cost)
+        history.append({"round": round_no, "labelled": len(run["labelled"]), "regions": len(run["regions"]),
+                        "effort": round(effort, 3), "tasks": tasks, **metrics,
                         "seconds": round(time.perf_counter() - start, 2)})
         if round_no < sim.rounds:
-            run["labelled"] = run["labelled"] + select_round(params, strategy, seed, round_no, head, pool,
-                                                             run["labelled"])
+            _select(params, run, round_no, head, pool)
         write_json(state_path, state)
-        log.info("%s seed %d round %d: %d labelled, val mean IoU %.4f", strategy, seed, round_no,
-                 history[-1]["labelled"], metrics["mean_iou"])
+        log.info("%s seed %d round %d: effort %.1f (%d tasks), val mean IoU %.4f", strategy, seed, round_no,
+                 effort, tasks, metrics["mean_iou"])
     return run
+
+
+def _tasks(run: dict[str, Any]) -> int:
+    return len(run["labelled"]) + len(run["regions"])
+
+
+def _fit(params: Params, trainer: HeadTrainer, pool: FeatureBank, run: dict[str, Any], seed: int) -> Head:
+    """Train a head on what ``run`` has labelled (whole photos, and crops of the others)."""
+    if not run["regions"]:
+        return trainer.fit(pool, np.array(run["labelled"]), seed)
+    index, masks = labelled_masks(pool, run["labelled"], run["regions"], params.score.region_grid,
+                                  params.labelstudio.region_margin)
+    return trainer.fit(pool, index, seed, masks)
+
+
+def _select(params: Params, run: dict[str, Any], round_no: int, head: Head, pool: FeatureBank) -> None:
+    """Add the next round's picks to ``run`` (photos, or regions for a region arm)."""
+    arm, seed = run["strategy"], run["seed"]
+    if is_region_arm(arm):
+        run["regions"] = run["regions"] + select_regions_round(params, arm, seed, round_no, head, pool,
+                                                               run["labelled"], run["regions"])
+    else:
+        run["labelled"] = run["labelled"] + select_round(params, arm, seed, round_no, head, pool, run["labelled"])
 
 
 def _initial(n: int, k: int, seed: int) -> list[int]:
@@ -202,8 +241,9 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
         The result written to ``simulate.out``.
     """
     sim = params.simulate
-    bad = [s for s in sim.strategies if s not in strategy_names()]
-    if bad or not sim.strategies or not sim.seeds:
+    arms = list(sim.strategies) + [s + REGION_SUFFIX for s in sim.region_strategies]
+    bad = [s for s in map(arm_strategy, arms) if s not in strategy_names()]
+    if bad or not arms or not sim.seeds:
         raise BadParameterError(f"simulate.strategies: need strategies from {', '.join(strategy_names())} and "
                                 f"seeds, got {sim.strategies} / {sim.seeds}")
     if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0:
@@ -219,12 +259,12 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     state = load_state(state_path, _config(params, len(pool.paths), len(val.paths)), fresh)
     trainer = HeadTrainer(params, pool)
     for seed in sim.seeds:
-        for strategy in sim.strategies:
-            run_one(params, state, state_path, trainer, strategy, seed, pool, val, max_rounds)
+        for arm in arms:
+            run_one(params, state, state_path, trainer, arm, seed, pool, val, max_rounds)
     complete = max_rounds is None or max_rounds >= sim.rounds
     if complete:
         full_pool_reference(params, state, state_path, trainer, pool, val)
-    strategies = list(dict.fromkeys([*sim.strategies, *(r["strategy"] for r in state["runs"].values())]))
+    strategies = list(dict.fromkeys([*arms, *(r["strategy"] for r in state["runs"].values())]))
     result = summarise(state, strategies, sim.target_fraction, complete)
     write_json(sim.out, result)
     plot_curves(result, sim.plot)
@@ -242,7 +282,10 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     """
     ref = state.get("full_pool")
     target = fraction * ref["mean_iou"] if ref else None
-    curves, to_target = {}, {}
+    curves: dict[str, Any] = {}
+    to_target: dict[str, Any] = {}
+    effort_to: dict[str, Any] = {}
+    tasks_to: dict[str, Any] = {}
     for strategy in strategies:
         runs = [r for r in state["runs"].values() if r["strategy"] == strategy and r["history"]]
         if not runs:
@@ -251,17 +294,34 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
         miou = np.array([[h["mean_iou"] for h in r["history"][:n_rounds]] for r in runs])
         dmg = np.array([[h["damage_iou"] for h in r["history"][:n_rounds]] for r in runs])
         labelled = [h["labelled"] for h in runs[0]["history"][:n_rounds]]
-        curves[strategy] = {"labelled": labelled, "mean_iou": _round(miou.mean(0)), "std": _round(miou.std(0)),
+        effort = np.array([[h.get("effort", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs]).mean(0)
+        tasks = np.array([[h.get("tasks", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs]).mean(0)
+        curves[strategy] = {"labelled": labelled, "effort": _round(effort), "tasks": _round(tasks),
+                            "mean_iou": _round(miou.mean(0)), "std": _round(miou.std(0)),
                             "min": _round(miou.min(0)), "max": _round(miou.max(0)),
                             "damage_iou": _round(dmg.mean(0)), "seeds": [r["seed"] for r in runs],
                             "per_seed": {str(r["seed"]): _round(m) for r, m in zip(runs, miou)}}
-        hit = [n for n, m in zip(labelled, miou.mean(0)) if target is not None and m >= target]
-        to_target[strategy] = hit[0] if hit else None
-    base = to_target.get("random")
+        hit = [k for k, m in enumerate(miou.mean(0)) if target is not None and m >= target]
+        to_target[strategy] = labelled[hit[0]] if hit else None
+        effort_to[strategy] = round(float(effort[hit[0]]), 2) if hit else None
+        tasks_to[strategy] = round(float(tasks[hit[0]]), 1) if hit else None
+    base, base_effort = to_target.get("random"), effort_to.get("random")
     relative = {s: (round(n / base, 3) if n and base else None) for s, n in to_target.items()}
+    effort_rel = {s: (round(e / base_effort, 3) if e and base_effort else None) for s, e in effort_to.items()}
+    noise = curves.get("random", {})
     return {"config": state["config"], "complete": complete, "full_pool": ref, "target_fraction": fraction,
             "target_mean_iou": round(target, 4) if target is not None else None, "curves": curves,
-            "labels_to_target": to_target, "labels_relative_to_random": relative}
+            "labels_to_target": to_target, "labels_relative_to_random": relative,
+            "effort_to_target": effort_to, "tasks_to_target": tasks_to, "effort_relative_to_random": effort_rel,
+            "noise_floor": _noise_floor(noise)}
+
+
+def _noise_floor(random_curve: dict[str, Any]) -> dict[str, float] | None:
+    """The spread of the random arm over seeds (mean and largest max-min of validation mean IoU per round)."""
+    if not random_curve:
+        return None
+    spread = np.array(random_curve["max"]) - np.array(random_curve["min"])
+    return {"mean_seed_spread": round(float(spread.mean()), 4), "max_seed_spread": round(float(spread.max()), 4)}
 
 
 def _round(values: np.ndarray) -> list[float]:
@@ -277,7 +337,7 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in result["curves"].items():
-        x = curve["labelled"]
+        x = curve.get("effort", curve["labelled"])
         (line,) = ax.plot(x, curve["mean_iou"], marker="o", label=f"{name} ({len(curve['seeds'])} seeds)")
         ax.fill_between(x, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
     ref = result.get("full_pool")
@@ -285,7 +345,7 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
         ax.axhline(ref["mean_iou"], color="black", lw=1, label=f"whole pool ({ref['labelled']} photos)")
         ax.axhline(result["target_mean_iou"], color="grey", ls="--", lw=1,
                    label=f"{result['target_fraction']:.0%} of whole pool")
-    ax.set_xlabel("labelled photos")
+    ax.set_xlabel("labelling effort (photos; a region = its share of the photo + the task cost)")
     ax.set_ylabel("validation mean IoU")
     ax.set_title("Active learning: mean over seeds, band = min-max")
     ax.grid(alpha=0.3)
@@ -297,17 +357,23 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    """A plain-text table: final mean IoU and labels to reach the target per strategy."""
+    """A plain-text table: final mean IoU, effort (and tasks) to reach the target per arm, vs random."""
     ref = result.get("full_pool")
     lines = []
     if ref:
         lines.append(f"whole pool ({ref['labelled']} photos): mean IoU {ref['mean_iou']:.4f}; "
                      f"target {result['target_fraction']:.0%} = {result['target_mean_iou']:.4f}")
-    lines.append(f"{'strategy':<17} {'final mIoU':>10} {'labels to target':>17} {'vs random':>10}")
+    lines.append(f"{'arm':<20} {'final mIoU':>10} {'effort to target':>17} {'tasks':>7} {'vs random':>10}")
+    efforts = result.get("effort_to_target", {})
     for name, curve in result["curves"].items():
-        n = result["labels_to_target"].get(name)
-        rel = result["labels_relative_to_random"].get(name)
-        reached = str(n) if n else f"> {curve['labelled'][-1]}"
-        lines.append(f"{name:<17} {curve['mean_iou'][-1]:>10.4f} {reached:>17} "
+        effort = efforts.get(name)
+        rel = result.get("effort_relative_to_random", {}).get(name)
+        reached = f"{effort:g}" if effort else f"> {curve.get('effort', curve['labelled'])[-1]:g}"
+        tasks = result.get("tasks_to_target", {}).get(name)
+        lines.append(f"{name:<20} {curve['mean_iou'][-1]:>10.4f} {reached:>17} {(f'{tasks:g}' if tasks else '-'):>7} "
                      f"{(f'{rel:.0%}' if rel else '-'):>10}")
+    noise = result.get("noise_floor")
+    if noise:
+        lines.append(f"noise floor (random over seeds, max-min of mean IoU): mean {noise['mean_seed_spread']:.4f}, "
+                     f"largest {noise['max_seed_spread']:.4f}")
     return "\n".join(lines)

@@ -187,8 +187,12 @@ class HeadTrainer:
         sim = self.params.simulate
         return build_light_head(self.shapes, self.num_classes, sim.head_filters, sim.dropout, sim.input_size)
 
-    def fit(self, bank: FeatureBank, index: np.ndarray, seed: int) -> Head:
-        """Train on the photos ``index`` of ``bank`` from a fresh start; returns the trained :class:`Head`."""
+    def fit(self, bank: FeatureBank, index: np.ndarray, seed: int, masks: np.ndarray | None = None) -> Head:
+        """Train on the photos ``index`` of ``bank`` from a fresh start; returns the trained :class:`Head`.
+
+        ``masks``: ``uint8 [n, S, S]`` labels of those photos instead of the bank's (region labels:
+        :data:`IGNORE_INDEX` outside the reviewed crops).
+        """
         import keras
 
         sim, train = self.params.simulate, self.params.train
@@ -196,7 +200,7 @@ class HeadTrainer:
         self.model.set_weights(self._build().model.get_weights())
         for var, value in zip(self.model.optimizer.variables, self._optimizer_start):
             var.assign(value)
-        masks = bank.masks[index]
+        masks = bank.masks[index] if masks is None else masks
         counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=self.num_classes)[:self.num_classes]
         self.class_weights.assign(class_weights_from_counts(counts, train.class_weighting, train.max_class_weight))
         steps = math.ceil(len(index) / sim.batch_size)

@@ -113,3 +113,41 @@ def test_summary_labels_to_target_on_a_crafted_state():
     state["runs"]["b"]["history"][3]["mean_iou"] = 0.79
     out = sim.summarise(state, ["random", "entropy"], 0.95)
     assert out["labels_to_target"]["random"] == 40 and out["labels_relative_to_random"]["entropy"] == 0.5
+
+
+def test_a_region_arm_spends_the_same_effort_on_crops(stopped_and_resumed):
+    from cardamage.active.simulate_regions import crop_window, labelled_masks, photo_window
+
+    tmp, _, _, _, _ = stopped_and_resumed
+    params = _params(tmp, "simulate.strategies=[random]", "simulate.region_strategies=[entropy]",
+                     "simulate.seeds=[0]", f"simulate.state_file={tmp / 'regions.json'}",
+                     f"simulate.out={tmp / 'regions_al.json'}", f"simulate.plot={tmp / 'regions_al.png'}")
+    result = sim.run_simulation(params)
+    state = json.loads((tmp / "regions.json").read_text())
+    run = state["runs"]["entropy@region/0"]
+    assert len(run["labelled"]) == 4, "a region arm labels no whole photo after the seed photos"
+    cells = [tuple(c) for c in run["regions"]]
+    assert cells and len(set(cells)) == len(cells), "no cell twice"
+    assert not {p for p, _ in cells} & set(run["labelled"]), "no crop of a photo already labelled"
+    efforts = [h["effort"] for h in run["history"]]
+    photo_efforts = [h["effort"] for h in state["runs"]["random/0"]["history"]]
+    assert photo_efforts == [4.4, 6.6, 8.8]
+    for a, b in zip(efforts, efforts[1:]):
+        assert 2.2 <= b - a < 2.2 + 1.1, "each round spends a photo arm's round of effort (and one task more)"
+    assert run["history"][-1]["tasks"] == 4 + len(cells)
+    curve = result["curves"]["entropy@region"]
+    assert curve["effort"] == efforts and "effort_to_target" in result and result["noise_floor"] is not None
+    assert "entropy@region" in sim.format_summary(result)
+
+    pool = sim.load_bank(params, ["train"], 12)
+    index, masks = labelled_masks(pool, run["labelled"], run["regions"], 4, 0.25)
+    photo, cell = cells[0]
+    k = list(index).index(photo)
+    y0, y1, x0, x1 = crop_window(photo_window(pool.masks[photo]), cell, 4, 0.25)
+    assert (masks[k][y0:y1, x0:x1] == pool.masks[photo][y0:y1, x0:x1]).all(), "the crop keeps its labels"
+    outside = np.ones(masks[k].shape, bool)
+    for p, c in cells:
+        if p == photo:
+            a0, a1, b0, b1 = crop_window(photo_window(pool.masks[photo]), c, 4, 0.25)
+            outside[a0:a1, b0:b1] = False
+    assert (masks[k][outside] == 255).all(), "the rest of the photo is ignored"
