@@ -193,8 +193,9 @@ def render(params: Params, page: ReportPage, found: dict[str, Artifact], page_di
     links = [sec.link(found[k].path, found[k].title, page_dir) for k in ("drift", "drift_summary") if k in found]
     sections.append(sec.drift_section(page.drift, parts["movers"], parts["drift_thumbs"], links, page_dir))
     if "active_learning" in found:
-        sections.append(sec.section("Active learning", sec.figure(found["active_learning"].path,
-                                                                   found["active_learning"].title, page_dir)))
+        table = sec.active_learning_table(read_json(Path(params.simulate.out)))
+        sections.append(sec.section("Active learning", table + sec.figure(found["active_learning"].path,
+                                                                           found["active_learning"].title, page_dir)))
     else:
         sections.append(sec.section("Active learning", sec.left_out(
             "active-learning curve", "not produced yet; `cardamage simulate` replays active learning on the "

@@ -270,3 +270,27 @@ def audit_section(summary: dict[str, Any], rows: list[dict[str, str]], csv_path:
              "<code>cardamage labelstudio review</code>; keep them out of training: "
              "<code>prepare.exclude_flagged: true</code></p>")
     return section(f"Label audit ({len(flagged)} flagged)", body, "audit")
+
+
+def active_learning_table(result: dict[str, Any]) -> str:
+    """Effort to reach the target per arm (``simulate.out``), against random whole photos, with the noise floor."""
+    curves = result.get("curves") or {}
+    if not curves:
+        return ""
+    efforts, tasks = result.get("effort_to_target") or {}, result.get("tasks_to_target") or {}
+    relative = result.get("effort_relative_to_random") or {}
+    rows = []
+    for arm, curve in curves.items():
+        last = (curve.get("effort") or curve.get("labelled") or [None])[-1]
+        reached = efforts.get(arm)
+        rows.append([arm, len(curve.get("seeds") or []), num((curve.get("mean_iou") or [None])[-1]),
+                     num(reached, 1) if reached else f"not reached (> {num(last, 1)})",
+                     num(tasks.get(arm), 0) if tasks.get(arm) else "-",
+                     f"{relative[arm]:.0%}" if relative.get(arm) else "-"])
+    noise = result.get("noise_floor") or {}
+    note = (f"<p>Target: {num(result.get('target_fraction'), 2)} of the whole-pool mean IoU "
+            f"({num(result.get('target_mean_iou'), 4)}). Effort: a photo = 1 + the task cost, a region = its "
+            "crop's share of the photo + the task cost. Noise floor (random over seeds, max-min of mean IoU): "
+            f"mean {num(noise.get('mean_seed_spread'), 4)}, largest {num(noise.get('max_seed_spread'), 4)}.</p>")
+    header = ["arm", "seeds", "final mean IoU", "effort to target", "tasks", "vs random"]
+    return note + grid(header, rows)

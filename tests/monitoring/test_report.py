@@ -235,3 +235,26 @@ def test_page_renders_with_its_pictures_in_headless_chromium(tmp_path):
     assert pixels.std(axis=0).max() > 10, "blank screenshot"
     green = (np.abs(pixels - np.array(GREEN)).sum(axis=1) < 30).sum()
     assert green > 3 * 200 * 200, f"pictures did not load ({green} green pixels)"
+
+
+def test_active_learning_table_gives_effort_to_target_against_random():
+    from cardamage.active.simulate import summarise
+    from cardamage.monitoring import report_sections as sec
+
+    def run(arm, seed, values, step):
+        return {"strategy": arm, "seed": seed,
+                "history": [{"labelled": 10, "effort": 11.0 + step * i, "tasks": 10 + 4 * i, "mean_iou": v,
+                             "damage_iou": v} for i, v in enumerate(values)]}
+
+    state = {"config": {}, "full_pool": {"mean_iou": 0.8, "labelled": 100},
+             "runs": {"a": run("random", 0, [0.5, 0.6, 0.7, 0.77], 11.0),
+                      "b": run("random", 1, [0.5, 0.6, 0.7, 0.78], 11.0),
+                      "c": run("entropy@region", 0, [0.5, 0.77, 0.8, 0.8], 16.5),
+                      "d": run("entropy@region", 1, [0.5, 0.76, 0.8, 0.8], 16.5)}}
+    result = summarise(state, ["random", "entropy@region"], 0.95)
+    assert result["effort_to_target"] == {"random": 44.0, "entropy@region": 27.5}
+    assert result["effort_relative_to_random"]["entropy@region"] == 0.625
+    assert result["noise_floor"]["max_seed_spread"] == 0.01
+    html = sec.active_learning_table(result)
+    assert "<td>entropy@region</td><td>2</td><td>0.800</td><td>27.5</td><td>14</td><td>62%</td>" in html
+    assert "Noise floor" in html and sec.active_learning_table({}) == ""
