@@ -166,12 +166,22 @@ def region_info(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None
 
 
 def photo_problem(info: dict[str, Any]) -> str | None:
-    """Why the region's photo cannot take its labels (missing, or changed since the push), or ``None``."""
+    """Why the region's photo cannot take its labels (missing, changed since the push, or not the size the
+    task data claims: that size is never trusted for memory), or ``None``."""
     path = Path(info["photo_path"])
     if not path.is_file():
         return f"{path}: the photo of this region task is gone"
     if file_sha256(path) != info["photo_id"]:
         return f"{path}: the photo changed on disk since its regions were pushed (sha256 differs); not merged"
+    from cardamage.data.images import ImageLoadError, image_size
+
+    try:
+        size = image_size(path)
+    except ImageLoadError as exc:
+        return str(exc)
+    if size != (info["photo_width"], info["photo_height"]):
+        return (f"{path}: the task data says {info['photo_width']}x{info['photo_height']} pixels, the photo is "
+                f"{size[0]}x{size[1]}; not merged")
     return None
 
 

@@ -128,3 +128,21 @@ def test_a_region_task_without_its_crop_box_is_reported(ls_client, ls_project, l
     assert summary.added == 0
     assert any(f"task {task_id}" in p and "without a usable crop box" in p for p in summary.problems)
     assert not np.any([p.is_file() for p in Path(params.labelstudio.labelled_dir).rglob("*.jpg")])
+
+
+def test_region_task_data_is_checked_against_the_photo(tmp_path):
+    from cardamage.labelling.regions import photo_problem, region_info
+
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(photo)
+    info = {"photo_id": file_sha256(photo), "photo_path": str(photo), "photo_width": 64, "photo_height": 48,
+            "crop_box": [0, 0, 32, 24]}
+    good, reason = region_info({"data": {REGION_KEY: info}})
+    assert reason is None and photo_problem(good) is None
+    huge, _ = region_info({"data": {REGION_KEY: {**info, "photo_width": 10**9, "photo_height": 10**9}}})
+    assert "the photo is 64x48; not merged" in photo_problem(huge), "a claimed size never sizes a buffer"
+    for bad, why in (({**info, "crop_box": [0, 0, 100, 24]}, "beyond the 64x48 photo"),
+                     ({**info, "crop_box": "0,0,1,1"}, "without a usable crop box"),
+                     ({**info, "photo_id": None}, "without photo_id")):
+        assert why in region_info({"data": {REGION_KEY: bad}})[1]
+    assert region_info({"data": {}}) == (None, None), "a whole-photo task"
