@@ -70,6 +70,10 @@ class SimulateParams:
     target_fraction: float = 0.95
     region_strategies: list[str] = field(default_factory=list, metadata={"choices": "strategies"})
     task_cost: float = 0.1
+    pseudo_arms: list[str] = field(default_factory=list)
+    pseudo_threshold: float = 0.9
+    pseudo_ratio: float = 1.0
+    pseudo_ramp_rounds: int = 3
     max_pool: int | None = None
     max_val: int | None = None
     cache_dir: str = "reports/simulate_cache"

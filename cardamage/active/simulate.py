@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cardamage.active.pseudo import PSEUDO_SUFFIX, fit_with_pseudo, is_pseudo_arm
 from cardamage.active.selection import select_batch
 from cardamage.active.simulate_regions import (
     REGION_SUFFIX,
@@ -124,7 +125,8 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
             "hybrid_score": params.select.hybrid_score, "n_pool": n_pool, "n_val": n_val,
             "task_cost": sim.task_cost, "region_grid": params.score.region_grid,
             "region_margin": params.labelstudio.region_margin,
-            "max_regions_per_photo": params.select.max_regions_per_photo}
+            "max_regions_per_photo": params.select.max_regions_per_photo,
+            "pseudo": [sim.pseudo_threshold, sim.pseudo_ratio, sim.pseudo_ramp_rounds]}
 
 
 #: Config keys that may change between runs of one state: more rounds extend the finished runs.
@@ -134,7 +136,8 @@ _EXTENDABLE = ("rounds",)
 def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """The saved state for ``config`` (a new one when absent or ``fresh``).
 
-    Strategies and seeds may be added, and ``rounds`` raised, without starting over.
+    Strategies and seeds may be added, and ``rounds`` raised, without starting over. A state saved
+    by an older version, without a newer configuration key, resumes with that key's default.
 
     Raises:
         ValueError: the file was written for another configuration.
@@ -143,7 +146,8 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
         return {"config": config, "runs": {}, "full_pool": None}
     state = json.loads(path.read_text(encoding="utf-8"))
     saved = {k: v for k, v in (state.get("config") or {}).items() if k not in _EXTENDABLE}
-    if {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE} != saved:
+    now = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE and k in saved}
+    if now != saved:  # a key the saved state lacks came with a newer version: its default applied
         raise BadInputError(f"{path}: saved for another simulation configuration; run with --fresh "
                          "or set simulate.state_file to another file")
     state["config"] = config
@@ -168,12 +172,12 @@ def run_one(params: Params, state: dict[str, Any], state_path: Path, trainer: He
     history = run["history"]
     if history and _tasks(run) == history[-1].get("tasks", history[-1]["labelled"]) and len(history) <= last:
         prev = len(history) - 1
-        _select(params, run, prev, _fit(params, trainer, pool, run, seed * 1000 + prev), pool)
+        _select(params, run, prev, _fit(params, trainer, pool, run, seed * 1000 + prev, prev), pool)
         write_json(state_path, state)
     while len(history) <= last:
         round_no = len(history)
         start = time.perf_counter()
-        head = _fit(params, trainer, pool, run, seed * 1000 + round_no)
+        head = _fit(params, trainer, pool, run, seed * 1000 + round_no, round_no)
         metrics = evaluate_head(head, val, num_classes)
         effort, tasks = effort_of(pool, run["labelled"], run["regions"], params.score.region_grid,
                                   params.labelstudio.region_margin, sim.task_cost)
@@ -192,12 +196,16 @@ def _tasks(run: dict[str, Any]) -> int:
     return len(run["labelled"]) + len(run["regions"])
 
 
-def _fit(params: Params, trainer: HeadTrainer, pool: FeatureBank, run: dict[str, Any], seed: int) -> Head:
-    """Train a head on what ``run`` has labelled (whole photos, and crops of the others)."""
-    if not run["regions"]:
+def _fit(params: Params, trainer: HeadTrainer, pool: FeatureBank, run: dict[str, Any], seed: int,
+         round_no: int) -> Head:
+    """Train a head on what ``run`` has labelled (whole photos, and crops of the others); a ``+pseudo``
+    arm adds confident pseudo-labels (:mod:`cardamage.active.pseudo`)."""
+    if not run["regions"] and not is_pseudo_arm(run["strategy"]):
         return trainer.fit(pool, np.array(run["labelled"]), seed)
     index, masks = labelled_masks(pool, run["labelled"], run["regions"], params.score.region_grid,
                                   params.labelstudio.region_margin)
+    if is_pseudo_arm(run["strategy"]):
+        return fit_with_pseudo(params, trainer, pool, index, masks, seed, round_no)
     return trainer.fit(pool, index, seed, masks)
 
 
@@ -208,7 +216,8 @@ def _select(params: Params, run: dict[str, Any], round_no: int, head: Head, pool
         run["regions"] = run["regions"] + select_regions_round(params, arm, seed, round_no, head, pool,
                                                                run["labelled"], run["regions"])
     else:
-        run["labelled"] = run["labelled"] + select_round(params, arm, seed, round_no, head, pool, run["labelled"])
+        run["labelled"] = run["labelled"] + select_round(params, arm_strategy(arm), seed, round_no, head, pool,
+                                                         run["labelled"])
 
 
 def _initial(n: int, k: int, seed: int) -> list[int]:
@@ -242,6 +251,7 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     """
     sim = params.simulate
     arms = list(sim.strategies) + [s + REGION_SUFFIX for s in sim.region_strategies]
+    arms += [a + PSEUDO_SUFFIX for a in sim.pseudo_arms]
     bad = [s for s in map(arm_strategy, arms) if s not in strategy_names()]
     if bad or not arms or not sim.seeds:
         raise BadParameterError(f"simulate.strategies: need strategies from {', '.join(strategy_names())} and "

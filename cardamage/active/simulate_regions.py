@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cardamage.active.pseudo import base_arm
 from cardamage.data.reviewed import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -35,13 +36,14 @@ Window = tuple[int, int, int, int]
 
 
 def is_region_arm(arm: str) -> bool:
-    """Whether ``arm`` labels regions (``<strategy>@region``)."""
-    return arm.endswith(REGION_SUFFIX)
+    """Whether ``arm`` labels regions (``<strategy>@region``, also with ``+pseudo``)."""
+    return base_arm(arm).endswith(REGION_SUFFIX)
 
 
 def arm_strategy(arm: str) -> str:
-    """The selection strategy of an arm (``entropy@region`` -> ``entropy``)."""
-    return arm[:-len(REGION_SUFFIX)] if is_region_arm(arm) else arm
+    """The selection strategy of an arm (``entropy@region+pseudo`` -> ``entropy``)."""
+    arm = base_arm(arm)
+    return arm[:-len(REGION_SUFFIX)] if arm.endswith(REGION_SUFFIX) else arm
 
 
 def photo_window(mask: np.ndarray) -> Window:

@@ -151,3 +151,25 @@ def test_a_region_arm_spends_the_same_effort_on_crops(stopped_and_resumed):
             a0, a1, b0, b1 = crop_window(photo_window(pool.masks[photo]), c, 4, 0.25)
             outside[a0:a1, b0:b1] = False
     assert (masks[k][outside] == 255).all(), "the rest of the photo is ignored"
+
+
+def test_pseudo_label_arms_train_a_student_on_confident_pixels(stopped_and_resumed):
+    from cardamage.active.pseudo import pseudo_masks
+
+    tmp, _, _, _, _ = stopped_and_resumed
+    params = _params(tmp, "simulate.strategies=[random]", "simulate.pseudo_arms=[random]", "simulate.seeds=[0]",
+                     "simulate.rounds=1", f"simulate.state_file={tmp / 'pseudo.json'}",
+                     f"simulate.out={tmp / 'pseudo_al.json'}", f"simulate.plot={tmp / 'pseudo_al.png'}")
+    result = sim.run_simulation(params)
+    assert set(result["curves"]) == {"random", "random+pseudo"}
+    state = json.loads((tmp / "pseudo.json").read_text())
+    pseudo, plain = state["runs"]["random+pseudo/0"], state["runs"]["random/0"]
+    assert pseudo["labelled"] == plain["labelled"], "the same photos are labelled: only training differs"
+    assert [h["effort"] for h in pseudo["history"]] == [h["effort"] for h in plain["history"]]
+
+    pool = sim.load_bank(params, ["train"], 12)
+    head = sim.HeadTrainer(params, pool).fit(pool, np.arange(4), seed=0)
+    padding = pool.masks[4:8] == 255
+    everything = pseudo_masks(head, pool, np.arange(4, 8), threshold=0.0)
+    assert (everything[~padding] != 255).all() and (everything[padding] == 255).all()
+    assert (pseudo_masks(head, pool, np.arange(4, 8), threshold=1.01) == 255).all(), "nothing confident enough"

@@ -1,0 +1,70 @@
+"""Self-training with confident pseudo-labels for the simulation's head (``<arm>+pseudo`` arms).
+
+Each round of a pseudo-label arm trains twice: a **teacher** head on what the arm has labelled,
+then a fresh **student** head on those labels plus pseudo-labels of unlabelled pool photos. A
+pseudo-label keeps the teacher's class where its probability is at least
+``simulate.pseudo_threshold`` and is :data:`~cardamage.data.reviewed.IGNORE_INDEX` elsewhere (and on
+letterbox padding); the unreviewed pixels of photos an arm labelled by regions are filled the same
+way. The number of pseudo-labelled photos ramps up: ``pseudo_ratio x labelled photos x
+min(1, (round + 1) / pseudo_ramp_rounds)``, a seeded draw from the unlabelled pool.
+
+The teacher predicts on clean cached features (the weak view); the student trains with the head's
+dropout (the strong view). Image-level augmentation (colour, crops) is not possible on cached
+frozen features: that part of FixMatch-style training is left to ``cardamage train``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cardamage.data.reviewed import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from cardamage.config import Params
+    from cardamage.model.frozen import FeatureBank, HeadTrainer
+    from cardamage.model.heads import Head
+
+PSEUDO_SUFFIX = "+pseudo"
+
+
+def is_pseudo_arm(arm: str) -> bool:
+    """Whether ``arm`` trains with pseudo-labels (``<arm>+pseudo``)."""
+    return arm.endswith(PSEUDO_SUFFIX)
+
+
+def base_arm(arm: str) -> str:
+    """The arm without the pseudo-label suffix (``entropy@region+pseudo`` -> ``entropy@region``)."""
+    return arm[:-len(PSEUDO_SUFFIX)] if is_pseudo_arm(arm) else arm
+
+
+def pseudo_masks(head: Head, bank: FeatureBank, index: np.ndarray, threshold: float,
+                 batch_size: int = 64) -> np.ndarray:
+    """``uint8 [n, S, S]``: the head's class where its probability >= ``threshold``, else ignored."""
+    out = np.empty((len(index),) + bank.masks.shape[1:], np.uint8)
+    for start in range(0, len(index), batch_size):
+        part = index[start:start + batch_size]
+        probs = np.asarray(head.model(bank.inputs(part), training=False))
+        labels = np.where(probs.max(-1) >= threshold, probs.argmax(-1), IGNORE_INDEX).astype(np.uint8)
+        labels[bank.masks[part] == IGNORE_INDEX] = IGNORE_INDEX
+        out[start:start + len(part)] = labels
+    return out
+
+
+def fit_with_pseudo(params: Params, trainer: HeadTrainer, bank: FeatureBank, index: np.ndarray,
+                    masks: np.ndarray, seed: int, round_no: int) -> Head:
+    """Teacher on ``(index, masks)``, then a student on those plus pseudo-labels (see the module docstring)."""
+    sim = params.simulate
+    teacher = trainer.fit(bank, index, seed, masks)
+    masks = masks.copy()
+    unknown = (masks == IGNORE_INDEX) & (bank.masks[index] != IGNORE_INDEX)
+    if unknown.any():  # photos labelled by regions: fill their unreviewed pixels
+        filled = pseudo_masks(teacher, bank, index, sim.pseudo_threshold)
+        masks[unknown] = filled[unknown]
+    rest = np.setdiff1d(np.arange(len(bank.paths)), index)
+    ramp = min(1.0, (round_no + 1) / max(1, sim.pseudo_ramp_rounds))
+    n = min(len(rest), int(round(sim.pseudo_ratio * ramp * len(index))))
+    chosen = np.sort(np.random.default_rng(seed).choice(rest, size=n, replace=False)) if n else rest[:0]
+    extra = pseudo_masks(teacher, bank, chosen, sim.pseudo_threshold)
+    return trainer.fit(bank, np.concatenate([index, chosen]), seed + 1, np.concatenate([masks, extra]))
