@@ -53,6 +53,26 @@ def predict_ms(model: Path, photos: list[Path], tta: bool = False, repeats: int 
     return 1000 * (time.perf_counter() - start) / (repeats * len(arrays))
 
 
+def speed_table(sizes: list[int], photos: list[Path], out: Path) -> str:
+    """Predict ms/photo of the default network (DeepLabV3+ on Lite0, random weights: speed does not
+    depend on them) at each input size, relative to the first, timed in this one process."""
+    from cardamage.config import ModelParams
+    from cardamage.model.heads import build_model
+    from cardamage.model.io import ModelInfo, save_model
+
+    rows = ["| input px | predict ms/photo | vs first |", "|---|---|---|"]
+    first = None
+    for size in sizes:
+        path = out / f"speed_{size}.keras"
+        if not path.is_file():
+            net = build_model(ModelParams(backbone="efficientnetlite_b0", backbone_preset=None, input_size=size), 2)
+            save_model(net, path, ModelInfo(classes=["damage"], input_size=size))
+        ms = predict_ms(path, photos)
+        first = first or ms
+        rows.append(f"| {size} | {ms:.1f} | {ms / first:.2f}x |")
+    return "\n".join(rows)
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """Train (unless a TTA variant) and evaluate one variant; its metrics, minutes and model path."""
     sets, base = VARIANTS[name]
@@ -96,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--timing-photos", type=int, default=16, help="valid photos timed for predict ms/photo")
     p.add_argument("--redo", action="store_true", help="rerun variants already in OUT/summary.json")
+    p.add_argument("--speed-sizes", default=None,
+                   help="only time predict at these input sizes (e.g. 128,160,256), untrained models, no training")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed_sizes:
+        photos = sorted((args.dataset / "valid").glob("*.jpg"))[:args.timing_photos]
+        print(speed_table([int(v) for v in args.speed_sizes.split(",")], photos, args.out))
+        return 0
     args.preset = args.preset or args.out / "lite0_imagenet"
     if not (args.preset / "config.json").is_file():
         run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], args.out / "import.log")
