@@ -45,7 +45,7 @@ def parse_region(text: str, where: str) -> Box:
     """``"x,y,w,h"`` -> four ints (width, height > 0); BadInputError naming ``where`` otherwise."""
     try:
         x, y, w, h = (int(float(p)) for p in str(text).split(","))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadInputError(f"{where}: region {text!r} is not 'x,y,width,height'") from None
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise BadInputError(f"{where}: region {text!r} needs x, y >= 0 and width, height > 0")
@@ -99,7 +99,10 @@ def region_photos(photos: Sequence[Photo], params: Params) -> list[Photo]:
             out.append(photo)
             continue
         width, height = image_size(photo.path)
-        box = crop_box(photo.region, width, height, ls.region_margin)
+        try:
+            box = crop_box(photo.region, width, height, ls.region_margin)
+        except BadInputError as exc:
+            raise BadInputError(f"{photo.name}: {exc}") from None
         crop = write_crop(photo, box, Path(ls.crops_dir))
         info = {"photo_id": photo.sha256, "photo_path": str(photo.path), "photo_width": width,
                 "photo_height": height, "crop_box": list(box), "cell": list(photo.region)}

@@ -146,3 +146,34 @@ def test_region_task_data_is_checked_against_the_photo(tmp_path):
                      ({**info, "photo_id": None}, "without photo_id")):
         assert why in region_info({"data": {REGION_KEY: bad}})[1]
     assert region_info({"data": {}}) == (None, None), "a whole-photo task"
+
+
+@pytest.mark.parametrize("text, why", [("1e400,0,5,5", "is not 'x,y,width,height'"), ("1,2,3", "is not"),
+                                       ("0,0,0,5", "width, height > 0"), ("a,b,c,d", "is not")])
+def test_a_bad_region_in_the_selection_is_refused_by_row(tmp_path, text, why):
+    from cardamage.errors import BadInputError
+    from cardamage.labelling.photos import read_selection
+
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 48)).save(photo)
+    csv_path = tmp_path / "selection.csv"
+    csv_path.write_text(f"id,path,score,region\n,{photo},0.5,\"{text}\"\n")
+    with pytest.raises(BadInputError, match=why) as err:
+        read_selection(csv_path)
+    assert "row 2" in str(err.value)
+
+
+def test_a_cell_outside_its_photo_names_the_photo(tmp_path):
+    from cardamage.config import Params
+    from cardamage.errors import BadInputError
+    from cardamage.labelling.photos import Photo
+    from cardamage.labelling.regions import region_photos
+
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 48)).save(photo)
+    params = Params()
+    params.labelstudio.crops_dir = str(tmp_path / "crops")
+    with pytest.raises(BadInputError, match="p.jpg: region .* outside the 64x48 photo"):
+        region_photos([Photo(file_sha256(photo), photo, "p.jpg", region=(500, 500, 10, 10))], params)
+    [crop] = region_photos([Photo(file_sha256(photo), photo, "p.jpg", region=(0, 0, 16, 12))], params)
+    assert Image.open(crop.path).size == (20, 15) and crop.extra[REGION_KEY]["crop_box"] == [0, 0, 20, 15]
