@@ -23,7 +23,6 @@ import pandas as pd
 
 from cardamage.active import acquisition as acq
 from cardamage.active.strategies import SelectContext, get_strategy
-from cardamage.data.dedup import hamming_matrix
 from cardamage.errors import BadInputError, BadParameterError
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ def select_regions(scores: pd.DataFrame, strategy: str, budget: int, ctx: Select
     A budget larger than the cells available (photos x ``min(cells, max_per_photo)``) selects all
     of them, with a warning that says so.
     """
-    from cardamage.active.selection import ranking_keys
+    from cardamage.active.selection import ranking_keys, skip_similar
 
     if max_per_photo < 1:
         raise BadParameterError(f"select.max_regions_per_photo: must be >= 1, got {max_per_photo}")
@@ -136,50 +135,14 @@ def select_regions(scores: pd.DataFrame, strategy: str, budget: int, ctx: Select
         budget = available
     keys = ranking_keys(table["value"].to_numpy(), [f"{i}:{c}" for i, c in zip(table["id"], table["cell"])], ctx)
     order = np.lexsort((table["cell"].to_numpy(), table["id"].to_numpy(), -keys))
-    chosen = _walk(order, table, budget, max_per_photo, ctx)
+    chosen, _ = skip_similar(order, table, budget, ctx.near_duplicate_distance, ctx.max_per_claim,
+                             table["id"].tolist(), max_per_photo)
     out = table.iloc[chosen][["id", "path", "cell"]].copy()
     out["score"] = table["value"].to_numpy()[chosen]
     grid = int(round(np.sqrt(n_cells)))
     out["reason"] = [f"{strategy} {v:.4f} in cell ({c // grid}, {c % grid}) of {grid}x{grid}"
                      for v, c in zip(out["score"], out["cell"])]
     return out.reset_index(drop=True)
-
-
-def _walk(order: np.ndarray, table: pd.DataFrame, budget: int, max_per_photo: int, ctx: SelectContext) -> list[int]:
-    """Rows in ``order`` under the caps: cells per photo, photos per claim, no near-duplicate photos."""
-    ids = table["id"].tolist()
-    hashes = table["phash"].tolist() if ctx.near_duplicate_distance is not None and "phash" in table else None
-    claims = table["claim"].tolist() if ctx.max_per_claim > 0 and "claim" in table else None
-    per_photo: dict[str, int] = {}
-    per_claim: dict[str, int] = {}
-    kept_hashes: list[str] = []
-    chosen: list[int] = []
-    for i in (int(j) for j in order):
-        photo = ids[i]
-        if per_photo.get(photo, 0) >= max_per_photo:
-            continue
-        if photo not in per_photo:
-            h = hashes[i] if hashes else None
-            claim = claims[i] if claims else ""
-            if (h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= ctx.near_duplicate_distance) \
-                    or (claim and per_claim.get(claim, 0) >= ctx.max_per_claim):
-                continue
-            if h:
-                kept_hashes.append(h)
-            if claim:
-                per_claim[claim] = per_claim.get(claim, 0) + 1
-        per_photo[photo] = per_photo.get(photo, 0) + 1
-        chosen.append(i)
-        if len(chosen) == budget:
-            return chosen
-    taken = set(chosen)  # caps left the batch short: fill with the best remaining cells under the per-photo cap
-    for i in (int(j) for j in order):
-        if len(chosen) == budget:
-            break
-        if i not in taken and per_photo.get(ids[i], 0) < max_per_photo:
-            per_photo[ids[i]] = per_photo.get(ids[i], 0) + 1
-            chosen.append(i)
-    return chosen
 
 
 def with_boxes(picked: pd.DataFrame, files: dict[str, Path], grid: int) -> pd.DataFrame:

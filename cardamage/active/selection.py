@@ -203,8 +203,8 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     """
     keys = ranking_keys(values, table["id"].tolist(), ctx)
     order = np.lexsort((table["id"].to_numpy(), -keys))
-    chosen, skipped = _skip_similar(order, table, budget, near_duplicate_distance,
-                                            ctx.max_per_claim if ctx is not None else 0)
+    chosen, skipped = skip_similar(order, table, budget, near_duplicate_distance,
+                                   ctx.max_per_claim if ctx is not None else 0)
     out = table.iloc[chosen][["id", "path"]].copy()
     out["score"] = values[chosen]
     pos = {int(i): r for r, i in enumerate(order)}
@@ -215,36 +215,55 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     return out
 
 
-def _skip_similar(order: np.ndarray, table: pd.DataFrame, budget: int, max_distance: int | None,
-                          max_per_claim: int = 0) -> tuple[list[int], int]:
+def skip_similar(order: np.ndarray, table: pd.DataFrame, budget: int, max_distance: int | None,
+                 max_per_claim: int = 0, groups: list[str] | None = None,
+                 max_per_group: int = 1) -> tuple[list[int], int]:
     """Walk ``order`` and keep photos whose dHash is farther than ``max_distance`` from those kept, and
-    at most ``max_per_claim`` photos of one claim (``table.claim``; ``0``: no limit)."""
+    at most ``max_per_claim`` photos of one claim (``table.claim``; ``0``: no limit).
+
+    ``groups``: one key per row when several rows show one photo (the cells of region units, keyed
+    by photo id): at most ``max_per_group`` rows of a group, and the duplicate and claim checks
+    apply to a group's first row only. Without it every row is its own photo.
+
+    Returns:
+        ``(kept rows, rows skipped)``; when the checks leave the batch short, it is filled with the
+        best skipped rows (still at most ``max_per_group`` of a group).
+    """
     hashes = table["phash"].tolist() if max_distance is not None and "phash" in table.columns else None
     claims = table["claim"].tolist() if max_per_claim > 0 and "claim" in table.columns else None
-    if hashes is None and claims is None:
+    if hashes is None and claims is None and groups is None:
         return [int(i) for i in order[:budget]], 0
+    keys = groups if groups is not None else list(range(len(table)))
     chosen: list[int] = []
     kept_hashes: list[str] = []
     per_claim: dict[str, int] = {}
+    per_group: dict[object, int] = {}
     skipped = 0
-    for i in order:
-        h = hashes[int(i)] if hashes is not None else None
-        claim = claims[int(i)] if claims is not None else ""
-        if (h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= max_distance) or \
-                (claim and per_claim.get(claim, 0) >= max_per_claim):
-            skipped += 1
+    for i in (int(j) for j in order):
+        if per_group.get(keys[i], 0) >= max_per_group:
             continue
-        chosen.append(int(i))
-        if h:
-            kept_hashes.append(h)
-        if claim:
-            per_claim[claim] = per_claim.get(claim, 0) + 1
+        if keys[i] not in per_group:
+            h = hashes[i] if hashes is not None else None
+            claim = claims[i] if claims is not None else ""
+            if (h and kept_hashes and int(hamming_matrix([h], kept_hashes).min()) <= max_distance) or \
+                    (claim and per_claim.get(claim, 0) >= max_per_claim):
+                skipped += 1
+                continue
+            if h:
+                kept_hashes.append(h)
+            if claim:
+                per_claim[claim] = per_claim.get(claim, 0) + 1
+        per_group[keys[i]] = per_group.get(keys[i], 0) + 1
+        chosen.append(i)
+        if len(chosen) == budget:
+            return chosen, skipped
+    taken = set(chosen)  # too many near-duplicates or one claim only: fill up with the best skipped ones
+    for i in (int(j) for j in order):
         if len(chosen) == budget:
             break
-    if len(chosen) < budget:  # too many near-duplicates or one claim only: fill up with the best skipped ones
-        taken = set(chosen)
-        rest = [int(i) for i in order if int(i) not in taken]
-        chosen += rest[:budget - len(chosen)]
+        if i not in taken and per_group.get(keys[i], 0) < max_per_group:
+            per_group[keys[i]] = per_group.get(keys[i], 0) + 1
+            chosen.append(i)
     return chosen, skipped
 
 

@@ -105,9 +105,7 @@ def reviewed_share(boxes: Sequence[Box] | None, height: int, width: int) -> floa
     """
     if boxes is None:
         return 1.0
-    scale = min(1.0, 512 / max(height, width, 1))
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    return float(reviewed_mask(boxes, h, w, w / width, h / height).mean())
+    return float(_grid_mask(boxes, height, width, 512).mean())
 
 
 def merge(a: Sequence[Box] | None, b: Sequence[Box] | None) -> list[Box] | None:
@@ -126,9 +124,14 @@ def normalize(boxes: Sequence[Box] | None, height: int | None, width: int | None
         return None
     if not height or not width:
         return list(boxes)
-    scale = min(1.0, 2048 / max(height, width))
+    return None if _grid_mask(boxes, height, width, 2048).all() else list(boxes)
+
+
+def _grid_mask(boxes: Sequence[Box], height: int, width: int, side: int) -> np.ndarray:
+    """:func:`reviewed_mask` of a ``height x width`` photo on a grid of at most ``side`` px a side."""
+    scale = min(1.0, side / max(height, width, 1))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    return None if reviewed_mask(boxes, h, w, w / width, h / height).all() else list(boxes)
+    return reviewed_mask(boxes, h, w, w / width, h / height)
 
 
 def clip_polygon(polygon: Polygon, box: Box) -> Polygon:

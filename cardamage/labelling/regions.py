@@ -255,13 +255,19 @@ def merge_regions(pulled: Sequence[Any], summary: Any) -> tuple[list[Any], list[
 
     photos, region_items = [], []
     groups: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+    checked: dict[tuple[Any, ...], str | None] = {}
     for item in pulled:
         info, reason = region_info(item.task)
         if info is None and reason is None:
             photos.append(item)
             continue
         who = f"task {item.task.get('id')} ({(item.task.get('data') or {}).get('cardamage_path')})"
-        if info is None or (reason := photo_problem(info)) is not None:
+        if info is not None:  # a photo's regions share one check (one sha256 of the file)
+            key = (info["photo_path"], info["photo_id"], info["photo_width"], info["photo_height"])
+            if key not in checked:
+                checked[key] = photo_problem(info)
+            reason = checked[key]
+        if info is None or reason is not None:
             summary.problems.append(f"{who}: {reason}")
             continue
         region_items.append(item)
