@@ -296,6 +296,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     to_target: dict[str, Any] = {}
     effort_to: dict[str, Any] = {}
     tasks_to: dict[str, Any] = {}
+    per_seed: dict[str, Any] = {}
     for strategy in strategies:
         runs = [r for r in state["runs"].values() if r["strategy"] == strategy and r["history"]]
         if not runs:
@@ -315,6 +316,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
         to_target[strategy] = labelled[hit[0]] if hit else None
         effort_to[strategy] = round(float(effort[hit[0]]), 2) if hit else None
         tasks_to[strategy] = round(float(tasks[hit[0]]), 1) if hit else None
+        per_seed[strategy] = {str(r["seed"]): _crossing(r["history"][:n_rounds], target) for r in runs}
     base, base_effort = to_target.get("random"), effort_to.get("random")
     relative = {s: (round(n / base, 3) if n and base else None) for s, n in to_target.items()}
     effort_rel = {s: (round(e / base_effort, 3) if e and base_effort else None) for s, e in effort_to.items()}
@@ -323,7 +325,16 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
             "target_mean_iou": round(target, 4) if target is not None else None, "curves": curves,
             "labels_to_target": to_target, "labels_relative_to_random": relative,
             "effort_to_target": effort_to, "tasks_to_target": tasks_to, "effort_relative_to_random": effort_rel,
+            "effort_to_target_per_seed": per_seed,
             "noise_floor": _noise_floor(noise)}
+
+
+def _crossing(history: Sequence[dict[str, Any]], target: float | None) -> float | None:
+    """Effort at which one seed's own curve first reaches ``target`` (``None``: not within its rounds)."""
+    for h in history:
+        if target is not None and h["mean_iou"] >= target:
+            return round(float(h.get("effort", h["labelled"])), 2)
+    return None
 
 
 def _noise_floor(random_curve: dict[str, Any]) -> dict[str, float] | None:

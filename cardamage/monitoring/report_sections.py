@@ -279,12 +279,14 @@ def active_learning_table(result: dict[str, Any]) -> str:
         return ""
     efforts, tasks = result.get("effort_to_target") or {}, result.get("tasks_to_target") or {}
     relative = result.get("effort_relative_to_random") or {}
+    per_seed = result.get("effort_to_target_per_seed") or {}
     rows = []
     for arm, curve in curves.items():
         last = (curve.get("effort") or curve.get("labelled") or [None])[-1]
         reached = efforts.get(arm)
         rows.append([arm, len(curve.get("seeds") or []), num((curve.get("mean_iou") or [None])[-1]),
                      num(reached, 1) if reached else f"not reached (> {num(last, 1)})",
+                     _seed_band(per_seed.get(arm) or {}, last),
                      num(tasks.get(arm), 0) if tasks.get(arm) else "-",
                      f"{relative[arm]:.0%}" if relative.get(arm) else "-"])
     noise = result.get("noise_floor") or {}
@@ -292,5 +294,11 @@ def active_learning_table(result: dict[str, Any]) -> str:
             f"({num(result.get('target_mean_iou'), 4)}). Effort: a photo = 1 + the task cost, a region = its "
             "crop's share of the photo + the task cost. Noise floor (random over seeds, max-min of mean IoU): "
             f"mean {num(noise.get('mean_seed_spread'), 4)}, largest {num(noise.get('max_seed_spread'), 4)}.</p>")
-    header = ["arm", "seeds", "final mean IoU", "effort to target", "tasks", "vs random"]
+    header = ["arm", "seeds", "final mean IoU", "effort to target", "per seed", "tasks", "vs random"]
     return note + grid(header, rows)
+
+
+def _seed_band(per_seed: dict[str, Any], last: Any) -> str:
+    """Each seed's own effort to target, ``seed: effort`` (``> last`` where a seed never reached it)."""
+    return ", ".join(f"{seed}: {num(e, 1) if e else '> ' + num(last, 1)}" for seed, e in per_seed.items()) or "-"
+

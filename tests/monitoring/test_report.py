@@ -248,13 +248,16 @@ def test_active_learning_table_gives_effort_to_target_against_random():
 
     state = {"config": {}, "full_pool": {"mean_iou": 0.8, "labelled": 100},
              "runs": {"a": run("random", 0, [0.5, 0.6, 0.7, 0.77], 11.0),
-                      "b": run("random", 1, [0.5, 0.6, 0.7, 0.78], 11.0),
+                      "b": run("random", 1, [0.5, 0.6, 0.77, 0.78], 11.0),
                       "c": run("entropy@region", 0, [0.5, 0.77, 0.8, 0.8], 16.5),
                       "d": run("entropy@region", 1, [0.5, 0.76, 0.8, 0.8], 16.5)}}
     result = summarise(state, ["random", "entropy@region"], 0.95)
     assert result["effort_to_target"] == {"random": 44.0, "entropy@region": 27.5}
     assert result["effort_relative_to_random"]["entropy@region"] == 0.625
-    assert result["noise_floor"]["max_seed_spread"] == 0.01
+    assert result["noise_floor"]["max_seed_spread"] == 0.07
+    assert result["effort_to_target_per_seed"] == {"random": {"0": 44.0, "1": 33.0},
+                                                   "entropy@region": {"0": 27.5, "1": 27.5}}
     html = sec.active_learning_table(result)
-    assert "<td>entropy@region</td><td>2</td><td>0.800</td><td>27.5</td><td>14</td><td>62%</td>" in html
+    assert "<td>entropy@region</td><td>2</td><td>0.800</td><td>27.5</td><td>0: 27.5, 1: 27.5</td><td>14</td>" in html
+    assert "<td>0: 44.0, 1: 33.0</td>" in html
     assert "Noise floor" in html and sec.active_learning_table({}) == ""

