@@ -81,16 +81,33 @@ def show(params: Params, path: str | None, out_dir: str, grid: bool, limit: int 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Where to save the best model (default: train.model_path).")
+@click.option("--pseudo-teacher", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also train on this model's confident pixels on unlabelled data.pool photos "
+                   "(default: train.pseudo_teacher; e.g. models/production.keras).")
 @with_params
-def train(params: Params, model_path: str | None) -> None:
+def train(params: Params, model_path: str | None, pseudo_teacher: str | None) -> None:
     """Train the segmentation model on data.train_splits; keep the best epoch by validation mean IoU."""
     from cardamage.model.train import result_summary
     from cardamage.model.train import train as run_training
 
-    result = run_training(params, model_path=model_path)
+    params.train.pseudo_teacher = pseudo_teacher or params.train.pseudo_teacher
+    photos = []
+    if params.train.pseudo_teacher:
+        from cardamage.active.pool import build_pool
+
+        pool = build_pool(params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
+        click.echo(pool.summary())
+        photos = [photo.path for photo in pool.photos]
+    result = run_training(params, model_path=model_path, pool_photos=photos)
     summary = result_summary(result)
     click.echo(f"saved {summary['model_path']} (epoch {result.best_epoch}/{summary['epochs_run']}, "
                f"val mean IoU {result.best_score:.3f}, version {result.model_version}) in {result.seconds:.0f}s")
+    if result.pseudo:
+        p = result.pseudo
+        click.echo(f"pseudo-labels: {p['photos']} pool photo(s) from {p['teacher']}, "
+                   f"{p['kept_share']:.0%} of their pixels at probability >= {p['threshold']}")
+        if p["skipped"]:
+            click.echo(f"skipped {len(p['skipped'])} unreadable pool photo(s): {', '.join(p['skipped'])}")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} unreadable photo(s): {', '.join(result.skipped)}")
 

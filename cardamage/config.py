@@ -95,6 +95,11 @@ class TrainParams:
     rotation_degrees: float = 10.0
     color_jitter: float = 0.2
     checkpoint_every_s: float = 60.0
+    pseudo_teacher: str | None = None
+    pseudo_threshold: float = 0.9
+    pseudo_ratio: float = 1.0
+    pseudo_max_photos: int = 500
+    pseudo_ramp_epochs: int = 3
 
 
 @dataclass

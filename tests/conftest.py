@@ -60,3 +60,21 @@ def prepared_sample(tmp_path_factory) -> dict:
     params.labelstudio.labelled_dir = str(tmp / "labelled")
     params.prepare.out_dir = str(tmp / "prepared")
     return {"sample": SAMPLE, "tmp": tmp, "params": params, "result": prepare(params)}
+
+
+@pytest.fixture(scope="session")
+def unlabelled_pool(tmp_path_factory) -> Path:
+    """A pool folder: three sample test photos, a wide crop of one (letterbox padding at any input size)
+    and a truncated copy (``broken.jpg``). Read it, do not change it."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("unlabelled_pool")
+    names = sorted(p.name for p in (SAMPLE / "test").glob("*.jpg"))[:3]
+    for name in names:
+        shutil.copy(SAMPLE / "test" / name, folder / name)
+    with Image.open(SAMPLE / "test" / names[0]) as im:
+        im.crop((0, 0, im.width, im.height // 3)).save(folder / "wide.jpg")
+    (folder / "broken.jpg").write_bytes((SAMPLE / "test" / names[0]).read_bytes()[:1500])
+    return folder

@@ -78,7 +78,7 @@ def inference_mode(resize: str) -> str:
     return "stretch" if resize == "stretch" else "letterbox"
 
 
-def _place(resized: np.ndarray, fit: Fit, fill: int) -> np.ndarray:
+def place(resized: np.ndarray, fit: Fit, fill: int) -> np.ndarray:
     """Put a ``new_h x new_w`` array into a ``size x size`` canvas at ``(ox, oy)`` (pad or crop)."""
     s = fit.size
     canvas = np.full((s, s) + resized.shape[2:], fill, dtype=resized.dtype)
@@ -93,7 +93,7 @@ def fit_image(image: np.ndarray, fit: Fit) -> np.ndarray:
     """Resize + pad/crop an RGB ``uint8 [H, W, 3]`` photo to ``uint8 [S, S, 3]`` (padding is black)."""
     shrink = fit.new_w < image.shape[1] or fit.new_h < image.shape[0]
     resized = cv2.resize(image, (fit.new_w, fit.new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return _place(resized, fit, 0)
+    return place(resized, fit, 0)
 
 
 def fit_mask(instances: Sequence[Instance], classes: Sequence[str], fit: Fit,
@@ -118,7 +118,7 @@ def fit_mask(instances: Sequence[Instance], classes: Sequence[str], fit: Fit,
         scaled = [replace(inst, polygons=[[(x * fit.sx, y * fit.sy) for x, y in poly] for poly in inst.polygons])
                   for inst in instances]
         resized = class_mask(scaled, classes, fit.new_h, fit.new_w, category_of)
-    return _place(mask_unreviewed(resized, reviewed, fit.sx, fit.sy), fit, IGNORE_INDEX)
+    return place(mask_unreviewed(resized, reviewed, fit.sx, fit.sy), fit, IGNORE_INDEX)
 
 
 def unfit(array: np.ndarray, fit: Fit, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -240,19 +240,24 @@ def base_dataset(records: Sequence[ImageRecord], root: str | os.PathLike, classe
 
 
 def batched(base: tf.data.Dataset, batch_size: int, training: bool = False, augment: Augment | None = None,
-            seed: int = 0, shuffle_buffer: int = 2048, count: int | None = None) -> tf.data.Dataset:
+            seed: int = 0, shuffle_buffer: int = 2048, count: int | None = None,
+            example_map: Callable[..., tuple] | None = None) -> tf.data.Dataset:
     """``(image float32 [B,S,S,3] 0-255, mask int32 [B,S,S])`` batches, shuffled and augmented when training.
 
     ``count`` (photos in ``base``, e.g. from :func:`pixel_counts`) lets Keras know the epoch length.
+    ``example_map``: applied to each shuffled ``(image, mask, index)`` before batching (the
+    pseudo-label ramp of :mod:`cardamage.model.self_training`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    ds = base.map(lambda image, mask, i: (image, mask))
+    ds = base
     if count is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    if example_map is not None:
+        ds = ds.map(example_map)
+    ds = ds.map(lambda image, mask, i: (image, mask)).batch(batch_size)
     if training and augment is not None:  # augment whole batches: one op per batch, not per photo
         ds = ds.map(lambda images, masks: augment_batch(images, masks, augment), num_parallel_calls=tf.data.AUTOTUNE)
     else:

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from cardamage.model.inference import count_params
 from cardamage.model.inputs import Augment, base_dataset, batched, load_records, pixel_counts
 from cardamage.model.io import ModelInfo, save_model
 from cardamage.model.losses import ConfusionIoU, SegmentationLoss, class_weights_from_counts
+from cardamage.model.self_training import add_pseudo_labels
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class TrainResult:
         class_weights: loss weights ``[C]``; pixel_counts: training label pixels ``[C]``.
         n_train, n_val: photos used; skipped: unreadable photos left out.
         model_version: version string stored in the checkpoint.
+        pseudo: the pseudo-labels' card (teacher, photos, threshold, kept share) or ``None``.
     """
 
     model_path: Path
@@ -65,6 +68,7 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)
     model_version: str = ""
     seconds: float = 0.0
+    pseudo: dict[str, Any] | None = None
 
 
 def select_strategy(mixed_precision: str = "auto") -> tuple[tf.distribute.Strategy, bool]:
@@ -79,12 +83,15 @@ def select_strategy(mixed_precision: str = "auto") -> tuple[tf.distribute.Strate
     return strategy, use_fp16
 
 
-def train(params: Params, model_path: str | Path | None = None, history_csv: str | Path | None = None) -> TrainResult:
+def train(params: Params, model_path: str | Path | None = None, history_csv: str | Path | None = None,
+          pool_photos: Sequence[Path] = ()) -> TrainResult:
     """Train on ``data.train_splits``, validate on ``data.val_splits``, keep the best epoch.
 
     Args:
         params: all parameters (``data``, ``model``, ``train`` sections are read).
         model_path, history_csv: override ``train.model_path`` / ``train.history_csv``.
+        pool_photos: unlabelled photos for pseudo-labels (used when ``train.pseudo_teacher`` is set;
+            see :mod:`cardamage.model.self_training`).
     """
     t, data = params.train, params.data
     _check_train_params(params)
@@ -112,11 +119,16 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
                if val_recs else None)
     n_val = pixel_counts(base_va, num_classes)[1] if base_va is not None else 0
 
+    n_labelled, selftrain = n_train, None
+    if t.pseudo_teacher:
+        selftrain = add_pseudo_labels(params, base_tr, n_train, pool_photos)
+        base_tr, n_train = selftrain.dataset, selftrain.count
     strategy, use_fp16 = select_strategy(t.mixed_precision)
     global_batch = t.batch_size * strategy.num_replicas_in_sync
     steps = max(1, math.ceil(n_train / global_batch))
     augment = Augment.from_params(t) if t.augment else None
-    train_ds = batched(base_tr, global_batch, training=True, augment=augment, seed=t.seed, count=n_train)
+    train_ds = batched(base_tr, global_batch, training=True, augment=augment, seed=t.seed, count=n_train,
+                       example_map=selftrain.example_map if selftrain else None)
     val_ds = batched(base_va, global_batch, count=n_val) if base_va is not None and n_val else None
     monitor = MONITOR if val_ds is not None else "mean_iou"
     if val_ds is None:
@@ -138,13 +150,15 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
                          architecture=params.model.architecture, backbone=params.model.backbone)
         extra = {"params": {k: v for k, v in params_to_dict(params).items() if k in ("data", "model", "train")},
                  "class_weights": weights.tolist(), "pixel_counts": counts.tolist(),
-                 "n_train": n_train, "n_val": n_val}
+                 "n_train": n_labelled, "n_val": n_val, "pseudo": selftrain.card if selftrain else None}
         checkpoint = BestCheckpoint(model_path, info, extra, monitor, t.checkpoint_every_s)
         history = HistoryCsv(history_csv, t.epochs, checkpoint)
         callbacks: list[keras.callbacks.Callback] = [
             checkpoint, history,  # the checkpoint first: the history row shows this epoch's save time
             keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=t.early_stopping_patience),
         ]
+        if selftrain:
+            callbacks.append(selftrain.callback(t.pseudo_ramp_epochs))
         if t.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                                patience=max(1, t.early_stopping_patience // 3)))
@@ -158,8 +172,8 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
     if checkpoint.best_epoch == 0:  # no finite score: keep the last weights rather than nothing
         checkpoint.save(len(history.rows), float("nan"))
     return TrainResult(model_path, history.rows, checkpoint.best_epoch, checkpoint.best, weights.tolist(),
-                       counts.tolist(), n_train, n_val, sorted(set(skipped)), checkpoint.version,
-                       time.perf_counter() - started)
+                       counts.tolist(), n_labelled, n_val, sorted(set(skipped)), checkpoint.version,
+                       time.perf_counter() - started, selftrain.card if selftrain else None)
 
 
 def _check_train_params(params: Params) -> None:

@@ -37,17 +37,21 @@ def _subset(src: Path, dst: Path, names: list[str], broken: str | None = None) -
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, request) -> dict:
-    """One tiny training run (1 epoch, 64 px) shared by the tests of this module."""
+def run(tmp_path_factory, request, tiny_model_file, unlabelled_pool) -> dict:
+    """One tiny training run (1 epoch, 64 px) shared by the tests of this module, with pseudo-labels of an
+    (untrained) teacher on the unlabelled pool."""
     sample = Path(request.config.rootpath) / "data" / "sample"
     tmp = tmp_path_factory.mktemp("train")
     _subset(sample / "train", tmp / "data" / "train", TRAIN, broken="broken.jpg")
     _subset(sample / "val", tmp / "data" / "val", VAL)
     params = {
-        "data": {"root": str(tmp / "data")},
+        "data": {"root": str(tmp / "data"), "pool": str(unlabelled_pool)},
+        "score": {"hash_cache": str(tmp / "hashes.json")},
+        "labelstudio": {"ledger": str(tmp / "ledger.json")},
         "model": {"backbone": "mobilenetv3_small", "width": 0.5, "input_size": 64, "head_filters": 16,
                   "projection_filters": 8},
         "train": {"epochs": 1, "batch_size": 3, "model_path": str(tmp / "models" / "model.keras"),
+                  "pseudo_threshold": 0.49, "pseudo_ratio": 2.0,  # two classes: every photo pixel kept
                   "history_csv": str(tmp / "reports" / "train_history.csv")},
         "evaluate": {"model_path": str(tmp / "models" / "model.keras"),
                      "metrics_file": str(tmp / "reports" / "metrics.json"), "plots_dir": str(tmp / "reports"),
@@ -55,8 +59,8 @@ def run(tmp_path_factory, request) -> dict:
     }
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    result = CliRunner().invoke(main, ["train", "--params", str(params_file)])
-    return {"tmp": tmp, "params": str(params_file), "result": result}
+    result = CliRunner().invoke(main, ["train", "--params", str(params_file), "--pseudo-teacher", str(tiny_model_file)])
+    return {"tmp": tmp, "params": str(params_file), "result": result, "teacher": str(tiny_model_file)}
 
 
 def test_train_writes_model_and_history(run):
@@ -76,7 +80,17 @@ def test_train_writes_model_and_history(run):
 
 
 def test_a_broken_training_photo_is_skipped_by_name(run):
-    assert "broken.jpg" in run["result"].output
+    assert "skipped 1 unreadable photo(s): train/broken.jpg" in run["result"].output
+
+
+def test_train_with_a_pseudo_teacher_records_the_pseudo_labels(run):
+    output = run["result"].output
+    assert "4 candidate(s), 0 excluded, 1 unreadable" in output, "the pool reports the broken photo"
+    assert "pseudo-labels: 4 pool photo(s)" in output and "100% of their pixels" in output
+    card = read_model_info(run["tmp"] / "models" / "model.keras").extra
+    assert card["n_train"] == 5, "the human-labelled photos; pseudo-labelled ones are counted apart"
+    assert card["pseudo"]["photos"] == 4 and card["pseudo"]["teacher"] == run["teacher"]
+    assert card["pseudo"]["threshold"] == 0.49 and card["pseudo"]["kept_share"] > 0.999
 
 
 def test_evaluate_writes_all_metrics_and_plots(run):
