@@ -206,10 +206,15 @@ def read_ledger(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def ledger_photos(path: str | os.PathLike, cache: HashCache) -> list[KnownPhoto]:
-    """Photos in the ledger, with a dHash when the file is still on disk (else exact matching only)."""
+    """Photos in the ledger, with a dHash when the file is still on disk (else exact matching only).
+
+    A region task's key is ``<sha256>@x,y,w,h``: its photo counts as sent (or labelled) like a whole
+    photo, so a photo labelled by regions leaves the pool too.
+    """
     known = []
-    for sha, entry in read_ledger(path).items():
+    for key, entry in read_ledger(path).items():
         entry = entry if isinstance(entry, dict) else {}
+        sha, _, box = str(key).partition("@")
         name = str(entry.get("path") or sha)
         status = entry.get("status", "pushed")
         status = status if isinstance(status, str) else "pushed"
@@ -217,7 +222,8 @@ def ledger_photos(path: str | os.PathLike, cache: HashCache) -> list[KnownPhoto]
         if entry.get("path") and Path(name).is_file():
             _, ph, _ = cache.hashes(name)
         kind = {"labelled": "ledger-labelled", "unusable": "unusable"}.get(status, "pushed")
-        known.append(KnownPhoto(name, str(sha), ph, kind, f"task {entry.get('task_id', '?')}"))
+        known.append(KnownPhoto(name, sha, ph, kind, f"task {entry.get('task_id', '?')}"
+                                + (f", region {box}" if box else "")))
     return known
 
 

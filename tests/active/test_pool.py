@@ -47,6 +47,12 @@ def test_reads_the_dataset_and_ledger_itself(sample, tmp_path):
     assert reasons["11.jpg"].startswith("already sent for labelling")
     assert "66.jpg" in reasons and len(pool.photos) == 6
     assert cache.is_file() and len(json.loads(cache.read_text())) >= 78
+    # a photo sent as region tasks leaves the pool too, even where the ledger's path is gone (sha256 match)
+    region = sample / "test" / "12.jpg"
+    ledger.write_text(json.dumps({f"{file_sha256(region)}@0,0,64,48": {
+        "path": str(tmp_path / "moved.jpg"), "task_id": 4, "status": "labelled"}}))
+    reasons = {Path(k).name: v for k, v in build_pool(sample / "test", _data(sample), ledger=ledger).excluded.items()}
+    assert reasons["12.jpg"].startswith("already labelled in Label Studio: same file as")
     # a missing ledger is an empty ledger
     assert len(build_pool(sample / "test", _data(sample), ledger=tmp_path / "none.json",
                           hash_cache=cache).photos) == 7
