@@ -40,6 +40,7 @@ class SelectParams:
     temperature: float = 1.0
     cold_start_below: int = 0
     max_per_claim: int = 2
+    class_balance: bool = False
     unit: Literal["photo", "region"] = "photo"
     max_regions_per_photo: int = 2
     out: str = "reports/selection.csv"

@@ -121,6 +121,7 @@ def select_regions(scores: pd.DataFrame, strategy: str, budget: int, ctx: Select
     A budget larger than the cells available (photos x ``min(cells, max_per_photo)``) selects all
     of them, with a warning that says so.
     """
+    from cardamage.active.balance import balanced_order
     from cardamage.active.selection import ranking_keys, skip_similar
 
     if max_per_photo < 1:
@@ -134,7 +135,8 @@ def select_regions(scores: pd.DataFrame, strategy: str, budget: int, ctx: Select
                     available)
         budget = available
     keys = ranking_keys(table["value"].to_numpy(), [f"{i}:{c}" for i, c in zip(table["id"], table["cell"])], ctx)
-    order = np.lexsort((table["cell"].to_numpy(), table["id"].to_numpy(), -keys))
+    order = balanced_order(np.lexsort((table["cell"].to_numpy(), table["id"].to_numpy(), -keys)), table,
+                           ctx.class_balance)
     chosen, _ = skip_similar(order, table, budget, ctx.near_duplicate_distance, ctx.max_per_claim,
                              table["id"].tolist(), max_per_photo)
     out = table.iloc[chosen][["id", "path", "cell"]].copy()

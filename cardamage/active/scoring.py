@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cardamage.active import scores_store
+from cardamage.active.balance import CLASS_SHARES, class_shares
 from cardamage.active.pool import Pool, PoolPhoto, build_pool, check_not_empty
 from cardamage.active.strategies import CELL_DTYPE, ScoreBatch, score_columns, scoring_strategies
 from cardamage.config import Params, ScoreParams
@@ -133,7 +134,8 @@ def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, sampl
             uncertainty columns).
 
     Returns:
-        ``{column: [B]}`` for the score columns, ``damaged_share`` and ``instance_count``.
+        ``{column: [B]}`` for the score columns, ``damaged_share``, ``instance_count`` and
+        ``class_shares`` (``[B, C-1]``, :func:`cardamage.active.balance.class_shares`).
     """
     ids = list(ids) if ids is not None else [str(i) for i in range(len(probs))]
     batch = ScoreBatch(np.asarray(probs, np.float32), valid, samples, ids, params)
@@ -143,14 +145,15 @@ def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, sampl
     damage = (np.asarray(probs).argmax(axis=-1) != 0) & valid
     cols["damaged_share"] = (damage.sum(axis=(1, 2)) / np.maximum(valid.sum(axis=(1, 2)), 1)).astype(np.float32)
     cols["instance_count"] = instance_counts(damage, params.min_instance_px)
+    cols[CLASS_SHARES] = class_shares(probs, valid)
     return cols
 
 
 # ----------------------------------------------------------------------------- the pool
 
 #: Columns every scores table has besides the strategies' score columns.
-FIXED_COLUMNS = ("id", "path", "damaged_share", "instance_count", "embedding", "phash", "model_version",
-                 "reduction")
+FIXED_COLUMNS = ("id", "path", "damaged_share", "instance_count", CLASS_SHARES, "embedding", "phash",
+                 "model_version", "reduction")
 
 
 class ScoredBatch(NamedTuple):
@@ -177,7 +180,7 @@ def schema(dim: int, mc_samples: bool):
     fields = [("id", pa.string()), ("path", pa.string())]
     fields += [(c, pa.list_(pa.float32()) if t == CELL_DTYPE else pa.from_numpy_dtype(np.dtype(t)))
                for c, t in score_columns(mc_samples).items()]
-    fields += [("damaged_share", pa.float32()), ("instance_count", pa.int32()),
+    fields += [("damaged_share", pa.float32()), ("instance_count", pa.int32()), (CLASS_SHARES, pa.list_(pa.float32())),
                ("embedding", pa.list_(pa.float32(), dim)), ("phash", pa.string()), ("model_version", pa.string()),
                ("reduction", pa.string())]
     return pa.schema(fields)
@@ -262,7 +265,7 @@ def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_versio
         return list(photos)
     fresh = scores[(scores["model_version"] == model_version) & (scores["reduction"] == reduction_tag(params))]
     expected = score_columns(params.mc_samples > 0)
-    if set(scores.columns) - set(FIXED_COLUMNS) != set(expected):
+    if set(scores.columns) - set(FIXED_COLUMNS) != set(expected) or set(FIXED_COLUMNS) - set(scores.columns):
         fresh = fresh.iloc[0:0]
     cells = next((c for c, t in expected.items() if t == CELL_DTYPE), None)
     if cells is not None and len(fresh):  # another score.region_grid: rescore

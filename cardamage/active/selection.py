@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cardamage.active import acquisition as acq
+from cardamage.active.balance import balanced_order
 from cardamage.active.claims import with_claims
 from cardamage.active.clusters import with_clusters
 from cardamage.active.strategies import EMBEDDINGS, SelectContext, get_strategy
@@ -117,7 +118,7 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
                  labelled_embeddings: np.ndarray | None = None, hybrid_factor: float = 5.0,
                  hybrid_score: str = "entropy", near_duplicate_distance: int | None = None,
                  stochastic: str = "none", temperature: float = 1.0, cold_start_below: int = 0,
-                 max_per_claim: int = 0) -> pd.DataFrame:
+                 max_per_claim: int = 0, class_balance: bool = False) -> pd.DataFrame:
     """Choose ``budget`` photos from a scores table with a registered strategy.
 
     Args:
@@ -134,6 +135,8 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
             (``select.stochastic``; see :func:`ranking_keys`).
         cold_start_below: with fewer labelled photos than this, ``typiclust`` picks instead of ``strategy``.
         max_per_claim: ranked picks take at most this many photos of one claim (``scores.claim``; 0: any).
+        class_balance: ranked picks take turns over predicted damage types (``scores.class_shares``;
+            :mod:`cardamage.active.balance`).
 
     Returns:
         A table with :data:`SELECTION_COLUMNS`, rank 1 first.
@@ -157,7 +160,7 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
         log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
         budget = len(table)
     ctx = SelectContext(budget, seed, labelled_embeddings, hybrid_factor, hybrid_score, near_duplicate_distance,
-                        stochastic, temperature, max_per_claim)
+                        stochastic, temperature, max_per_claim, class_balance)
     picked = chosen.select(table, ctx).reset_index(drop=True)
     picked.insert(3, "rank", np.arange(1, len(picked) + 1))
     picked["strategy"] = strategy
@@ -203,6 +206,7 @@ def ranked(table: pd.DataFrame, values: np.ndarray, budget: int, near_duplicate_
     """
     keys = ranking_keys(values, table["id"].tolist(), ctx)
     order = np.lexsort((table["id"].to_numpy(), -keys))
+    order = balanced_order(order, table, ctx is not None and ctx.class_balance)
     chosen, skipped = skip_similar(order, table, budget, near_duplicate_distance,
                                    ctx.max_per_claim if ctx is not None else 0)
     out = table.iloc[chosen][["id", "path"]].copy()
@@ -370,10 +374,11 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     if sp.unit == "region":
         selection = region_batch(scores, pool, strategy, budget, SelectContext(
             budget, seed, None, near_duplicate_distance=near, stochastic=sp.stochastic, temperature=sp.temperature,
-            max_per_claim=sp.max_per_claim), sp.max_regions_per_photo)
+            max_per_claim=sp.max_per_claim, class_balance=sp.class_balance), sp.max_regions_per_photo)
     else:
         selection = select_batch(scores, strategy, budget, seed, labelled, sp.hybrid_factor, sp.hybrid_score, near,
-                                 sp.stochastic, sp.temperature, sp.cold_start_below, sp.max_per_claim)
+                                 sp.stochastic, sp.temperature, sp.cold_start_below, sp.max_per_claim,
+                                 sp.class_balance)
     selection = with_clusters(selection, scores, sp.clusters, seed)
     out = out or sp.out
     write_selection(selection, out)

@@ -82,6 +82,8 @@ class SelectContext:
             batch without replacement with ``P ~ score^temperature`` / ``exp(temperature * score)``
             (see :func:`cardamage.active.selection.ranking_keys`).
         max_per_claim: ranked picks take at most this many photos of one claim (``0``: any).
+        class_balance: ranked picks take turns over predicted damage types
+            (:mod:`cardamage.active.balance`).
     """
 
     budget: int
@@ -93,6 +95,7 @@ class SelectContext:
     stochastic: str = "none"
     temperature: float = 1.0
     max_per_claim: int = 0
+    class_balance: bool = False
 
 
 class Strategy:

@@ -82,8 +82,9 @@ def test_score_photos_writes_parquet_and_skips_unreadable(tmp_path):
     assert n == 2 and list(unreadable) == ["bad.jpg"]
     expected = ["id", "path", "entropy", "entropy_cells", "margin", "margin_cells", "least_confidence",
                 "least_confidence_cells", "bald", "bald_cells", "random", "damaged_share",
-                "instance_count", "embedding", "phash", "model_version", "reduction"]
+                "instance_count", "class_shares", "embedding", "phash", "model_version", "reduction"]
     assert table.columns.tolist() == expected
+    assert all(len(v) == 1 for v in table["class_shares"]), "one damage class: one share per photo"
     assert all(len(v) == 16 for v in table["entropy_cells"]), "a 4x4 grid of cell scores per photo"
     assert len(table["embedding"].iloc[0]) == 3 and (table["model_version"] == "v1").all()
     assert (table["reduction"] == "topk10").all() and table["bald"].max() < 1e-5
