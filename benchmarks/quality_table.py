@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_pretrained import BIN, DATASET, _sets, data_overrides, run  # noqa: E402
+from compare_pretrained import BIN, CATEGORIES, DATASET, _sets, data_overrides, run  # noqa: E402
 
 #: name -> (``--set`` pairs, model of another variant to evaluate with TTA or None)
 VARIANTS: dict[str, tuple[list[str], str | None]] = {
@@ -30,6 +30,9 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "lite0_256": (["model.input_size=256", "train.epochs=8", "train.early_stopping_patience=10"], None),
     "lite0_256_tta": (["model.input_size=256", "predict.tta=flip"], "lite0_256"),
     "lite0_384": (["model.input_size=384", "train.epochs=8", "train.early_stopping_patience=10"], None),
+    # the 8 bilgi damage types as 8 classes (damage IoU = any type against background)
+    "lite0_128_types": (["data.classes=[" + ", ".join(CATEGORIES) + "]", "data.class_map={}", "model.input_size=128",
+                         "train.epochs=10", "train.early_stopping_patience=10"], None),
 }
 
 
@@ -91,7 +94,23 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     result = json.loads(metrics.read_text())
     return {"damage_iou": result["damage_iou"], "mean_iou": result["mean_iou"],
             "mask_ap": (result.get("mask_ap") or {}).get("mask_ap"), "train_minutes": round(minutes, 1),
-            "model": str(model), "tta": base is not None}
+            "model": str(model), "tta": base is not None, "iou": result.get("iou"),
+            "mask_ap_per_class": (result.get("mask_ap") or {}).get("per_class")}
+
+
+def class_table(results: dict[str, dict]) -> str:
+    """Per-class IoU and mask AP of the variants with several damage classes (empty when there is none)."""
+    rows = []
+    for name, m in results.items():
+        iou = {k: v for k, v in (m.get("iou") or {}).items() if k != "background"}
+        if len(iou) < 2:
+            continue
+        ap = m.get("mask_ap_per_class") or {}
+        rows += [f"\n{name}: per damage type", "| type | IoU | mask AP |", "|---|---|---|"]
+        for cls, value in iou.items():
+            a = ap.get(cls)
+            rows.append(f"| {cls} | {value:.4f} | {f'{a:.3f}' if a is not None else '-'} |")
+    return "\n".join(rows)
 
 
 def table(results: dict[str, dict], baseline_ms: float | None) -> str:
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["predict_ms"] = round(predict_ms(Path(results[name]["model"]), photos, results[name]["tta"]), 1)
     summary.write_text(json.dumps(results, indent=2))
     print(table({n: results[n] for n in args.variants}, results[args.variants[0]].get("predict_ms")))
+    print(class_table({n: results[n] for n in args.variants}))
     return 0
 
 

@@ -124,7 +124,7 @@ def iter_batches(photos: Sequence[PoolPhoto], size: int, resize: str = "letterbo
 # ----------------------------------------------------------------------------- one batch
 
 def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, samples: np.ndarray | None = None,
-                ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                ids: Sequence[str] | None = None, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Score columns of every registered strategy, and damage summaries, for one batch.
 
     Args:
@@ -132,6 +132,8 @@ def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, sampl
             (strategies that need MC samples are then left out).
         ids: the photos' ids (sha256; default: their positions, for callers that only read the
             uncertainty columns).
+        only: compute only the strategies that write one of these columns (``None``: all), for
+            callers that read one score (the ML backend, drift); the damage summaries always come.
 
     Returns:
         ``{column: [B]}`` for the score columns, ``damaged_share``, ``instance_count`` and
@@ -141,7 +143,8 @@ def score_batch(probs: np.ndarray, valid: np.ndarray, params: ScoreParams, sampl
     batch = ScoreBatch(np.asarray(probs, np.float32), valid, samples, ids, params)
     cols: dict[str, np.ndarray] = {}
     for strategy in scoring_strategies(samples is not None):
-        cols.update(strategy.score(batch))
+        if only is None or set(strategy.columns) & set(only):
+            cols.update(strategy.score(batch))
     damage = (np.asarray(probs).argmax(axis=-1) != 0) & valid
     cols["damaged_share"] = (damage.sum(axis=(1, 2)) / np.maximum(valid.sum(axis=(1, 2)), 1)).astype(np.float32)
     cols["instance_count"] = instance_counts(damage, params.min_instance_px)

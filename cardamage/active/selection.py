@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from cardamage.config import Params
 
 log = logging.getLogger(__name__)
+#: The one-line message of a selection from an empty pool.
+EMPTY_POOL = "the pool has no photo left to select (all excluded, unreadable or none found)"
 
 SELECTION_COLUMNS = ["id", "path", "score", "rank", "strategy", "reason"]
 
@@ -154,7 +156,7 @@ def select_batch(scores: pd.DataFrame, strategy: str, budget: int, seed: int = 0
     if budget < 1:
         raise BadParameterError(f"select.budget: must be >= 1, got {budget}")
     if not len(scores):
-        raise EmptyInputError("the pool has no photo left to select (all excluded, unreadable or none found)")
+        raise EmptyInputError(EMPTY_POOL)
     table = scores.sort_values("id", kind="stable").reset_index(drop=True)
     if budget > len(table):
         log.warning("budget %d is larger than the pool (%d photos): selecting all of them", budget, len(table))
@@ -307,7 +309,7 @@ def region_batch(scores: pd.DataFrame, pool, strategy: str, budget: int, ctx: Se
     from cardamage.active.regions import grid_of, select_regions, with_boxes
 
     if not len(scores):
-        raise EmptyInputError("the pool has no photo left to select (all excluded, unreadable or none found)")
+        raise EmptyInputError(EMPTY_POOL)
     picked = select_regions(scores, strategy, budget, ctx, max_per_photo)
     picked = with_boxes(picked, {p.sha256: p.path for p in pool.photos}, grid_of(scores))
     picked.insert(3, "rank", np.arange(1, len(picked) + 1))

@@ -103,7 +103,7 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
         sp = dataclasses.replace(params.score, mc_samples=0)
         for batch, images, valid in iter_batches(todo, scorer.input_size, scorer.resize, sp.batch_size):
             probs, emb = scorer.predict(images)
-            out = score_batch(probs, valid, sp, ids=[p.sha256 for p in batch])
+            out = score_batch(probs, valid, sp, ids=[p.sha256 for p in batch], only=MODEL_COLUMNS)
             for i, photo in enumerate(batch):
                 rows.append({"id": photo.sha256, **{c: float(out[c][i]) for c in MODEL_COLUMNS},
                              "embedding": np.asarray(emb[i], np.float32)})

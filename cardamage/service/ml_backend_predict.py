@@ -98,7 +98,8 @@ def predict_photos(photos: Sequence[Photo], loaded: LoadedModel, params: Params)
     prepared = [prepare_image(p.rgb, size, resize) for p in photos]
     probs, embs = predict_with_embeddings(loaded.model, np.stack([a for a, _ in prepared]), len(photos))
     valid = np.stack([valid_mask(fit, size) for _, fit in prepared])
-    scores = score_batch(probs, valid, params.score, ids=[p.sha256 for p in photos])[score_name(params)]
+    name = score_name(params)
+    scores = score_batch(probs, valid, params.score, ids=[p.sha256 for p in photos], only=[name])[name]
     out = []
     for photo, (_, fit), p, score, emb in zip(photos, prepared, probs, scores, embs):
         full = unfit(p, fit)  # [h, w, C] on the decoded photo's grid

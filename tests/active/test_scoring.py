@@ -206,3 +206,14 @@ def test_select_regions_with_a_real_model(tiny_model, tmp_path):
                  "--pool", str(SAMPLE / "test"))
     errors = [line for line in wrong.output.splitlines() if line.startswith("Error:")]
     assert wrong.exit_code != 0 and len(errors) == 1 and "picks whole photos" in errors[0], wrong.output
+
+
+def test_score_batch_can_compute_only_the_columns_a_caller_reads():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 1.0], size=(2, 8, 8)).astype(np.float32)
+    valid = np.ones((2, 8, 8), bool)
+    full = scoring.score_batch(probs, valid, ScoreParams())
+    part = scoring.score_batch(probs, valid, ScoreParams(), only=["entropy"])
+    assert {"entropy", "entropy_cells", "damaged_share", "instance_count", "class_shares"} <= set(part)
+    assert "margin" not in part and "margin" in full
+    np.testing.assert_array_equal(part["entropy"], full["entropy"])
