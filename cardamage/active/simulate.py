@@ -268,12 +268,11 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     state_path = Path(sim.state_file)
     state = load_state(state_path, _config(params, len(pool.paths), len(val.paths)), fresh)
     trainer = HeadTrainer(params, pool)
+    full_pool_reference(params, state, state_path, trainer, pool, val)  # first: a stopped run knows its target
     for seed in sim.seeds:
         for arm in arms:
             run_one(params, state, state_path, trainer, arm, seed, pool, val, max_rounds)
     complete = max_rounds is None or max_rounds >= sim.rounds
-    if complete:
-        full_pool_reference(params, state, state_path, trainer, pool, val)
     strategies = list(dict.fromkeys([*arms, *(r["strategy"] for r in state["runs"].values())]))
     result = summarise(state, strategies, sim.target_fraction, complete)
     write_json(sim.out, result)

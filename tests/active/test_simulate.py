@@ -39,7 +39,7 @@ def test_stops_after_max_rounds_and_writes_outputs(stopped_and_resumed):
     assert set(state["runs"]) == {"random/0", "hybrid/0", "random/1", "hybrid/1"}
     assert all(len(run["history"]) == 2 for run in state["runs"].values())  # rounds 0 and 1
     assert all(len(run["labelled"]) == 8 for run in state["runs"].values())  # round-2 labels already chosen
-    assert partial["complete"] is False and partial["full_pool"] is None
+    assert partial["complete"] is False and partial["full_pool"]["labelled"] == 12, "the target comes first"
     assert partial["curves"]["random"]["labelled"] == [4, 6]
 
 
