@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "cardamage"
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bilgi-car-damage"
-CATEGORIES = ("airbag", "astar", "cam_catlagi", "cizik", "far_hasar", "gocuk", "kaput_hasar", "kirik-kayip")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_pretrained import BIN, DATASET, _sets, data_overrides, run  # noqa: E402
 
 
 def _list(values: list) -> str:
@@ -33,24 +31,14 @@ def _list(values: list) -> str:
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """The ``--set`` pairs of the headline run (data, backbone, arms, seeds, rounds, output files)."""
-    class_map = "{" + ", ".join(f"{c}: damage" for c in CATEGORIES) + "}"
     out = args.out
-    return [f"data.root={args.dataset}", "data.annotation_file=_annotations.coco.json",
-            "data.train_splits=[train]", "data.val_splits=[valid]", "data.classes=[damage]",
-            f"data.class_map={class_map}", "simulate.backbone=efficientnetlite_b0",
-            f"simulate.backbone_preset={args.preset}", f"simulate.strategies={_list(args.strategies)}",
-            f"simulate.region_strategies={_list(args.region_strategies)}",
-            f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
-            f"simulate.rounds={args.rounds}", f"simulate.cache_dir={out / 'cache'}",
-            f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
-            f"simulate.plot={out / 'active_learning.png'}"]
-
-
-def run(cmd: list[str], log: Path) -> None:
-    """Run ``cmd`` with its output appended to ``log``; raise on failure."""
-    print("$ " + shlex.join(cmd), flush=True)
-    with log.open("a") as fh:
-        subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    return data_overrides(args.dataset) + [
+        "simulate.backbone=efficientnetlite_b0", f"simulate.backbone_preset={args.preset}",
+        f"simulate.strategies={_list(args.strategies)}", f"simulate.region_strategies={_list(args.region_strategies)}",
+        f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
+        f"simulate.rounds={args.rounds}", f"simulate.cache_dir={out / 'cache'}",
+        f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
+        f"simulate.plot={out / 'active_learning.png'}"]
 
 
 def table(result: dict) -> str:
@@ -96,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "simulate.log"
     if not (args.preset / "config.json").is_file():
         run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], log)
-    cmd = [str(BIN), "simulate"] + [a for pair in overrides(args) for a in ("--set", pair)]
+    cmd = [str(BIN), "simulate"] + _sets(overrides(args))
     run(cmd + (["--max-rounds", str(args.max_rounds)] if args.max_rounds is not None else []), log)
     print(table(json.loads((args.out / "active_learning.json").read_text())))
     return 0

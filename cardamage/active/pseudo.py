@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cardamage.data.reviewed import IGNORE_INDEX
+from cardamage.model.self_training import confident_labels, draw_photos, ramp_value
 
 if TYPE_CHECKING:
     from cardamage.config import Params
@@ -46,7 +47,7 @@ def pseudo_masks(head: Head, bank: FeatureBank, index: np.ndarray, threshold: fl
     for start in range(0, len(index), batch_size):
         part = index[start:start + batch_size]
         probs = np.asarray(head.model(bank.inputs(part), training=False))
-        labels = np.where(probs.max(-1) >= threshold, probs.argmax(-1), IGNORE_INDEX).astype(np.uint8)
+        labels = confident_labels(probs, threshold)
         labels[bank.masks[part] == IGNORE_INDEX] = IGNORE_INDEX
         out[start:start + len(part)] = labels
     return out
@@ -63,8 +64,7 @@ def fit_with_pseudo(params: Params, trainer: HeadTrainer, bank: FeatureBank, ind
         filled = pseudo_masks(teacher, bank, index, sim.pseudo_threshold)
         masks[unknown] = filled[unknown]
     rest = np.setdiff1d(np.arange(len(bank.paths)), index)
-    ramp = min(1.0, (round_no + 1) / max(1, sim.pseudo_ramp_rounds))
-    n = min(len(rest), int(round(sim.pseudo_ratio * ramp * len(index))))
-    chosen = np.sort(np.random.default_rng(seed).choice(rest, size=n, replace=False)) if n else rest[:0]
+    ratio = sim.pseudo_ratio * ramp_value(round_no, sim.pseudo_ramp_rounds)
+    chosen = np.asarray(draw_photos(rest, len(index), ratio, len(rest), seed), dtype=rest.dtype)
     extra = pseudo_masks(teacher, bank, chosen, sim.pseudo_threshold)
     return trainer.fit(bank, np.concatenate([index, chosen]), seed + 1, np.concatenate([masks, extra]))

@@ -268,7 +268,7 @@ def stale_photos(scores: pd.DataFrame, photos: Sequence[PoolPhoto], model_versio
         return list(photos)
     fresh = scores[(scores["model_version"] == model_version) & (scores["reduction"] == reduction_tag(params))]
     expected = score_columns(params.mc_samples > 0)
-    if set(scores.columns) - set(FIXED_COLUMNS) != set(expected) or set(FIXED_COLUMNS) - set(scores.columns):
+    if set(scores.columns) != set(FIXED_COLUMNS) | set(expected):
         fresh = fresh.iloc[0:0]
     cells = next((c for c, t in expected.items() if t == CELL_DTYPE), None)
     if cells is not None and len(fresh):  # another score.region_grid: rescore

@@ -304,18 +304,21 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
         miou = np.array([[h["mean_iou"] for h in r["history"][:n_rounds]] for r in runs])
         dmg = np.array([[h["damage_iou"] for h in r["history"][:n_rounds]] for r in runs])
         labelled = [h["labelled"] for h in runs[0]["history"][:n_rounds]]
-        effort = np.array([[h.get("effort", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs]).mean(0)
+        run_effort = np.array([[h.get("effort", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs])
+        effort = run_effort.mean(0)
         tasks = np.array([[h.get("tasks", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs]).mean(0)
         curves[strategy] = {"labelled": labelled, "effort": _round(effort), "tasks": _round(tasks),
                             "mean_iou": _round(miou.mean(0)), "std": _round(miou.std(0)),
                             "min": _round(miou.min(0)), "max": _round(miou.max(0)),
                             "damage_iou": _round(dmg.mean(0)), "seeds": [r["seed"] for r in runs],
                             "per_seed": {str(r["seed"]): _round(m) for r, m in zip(runs, miou)}}
-        hit = [k for k, m in enumerate(miou.mean(0)) if target is not None and m >= target]
-        to_target[strategy] = labelled[hit[0]] if hit else None
-        effort_to[strategy] = round(float(effort[hit[0]]), 2) if hit else None
-        tasks_to[strategy] = round(float(tasks[hit[0]]), 1) if hit else None
-        per_seed[strategy] = {str(r["seed"]): _crossing(r["history"][:n_rounds], target) for r in runs}
+        k = _first_reaching(miou.mean(0), target)
+        to_target[strategy] = labelled[k] if k is not None else None
+        effort_to[strategy] = round(float(effort[k]), 2) if k is not None else None
+        tasks_to[strategy] = round(float(tasks[k]), 1) if k is not None else None
+        seed_hits = [_first_reaching(m, target) for m in miou]
+        per_seed[strategy] = {str(r["seed"]): round(float(e[j]), 2) if j is not None else None
+                              for r, e, j in zip(runs, run_effort, seed_hits)}
     base, base_effort = to_target.get("random"), effort_to.get("random")
     relative = {s: (round(n / base, 3) if n and base else None) for s, n in to_target.items()}
     effort_rel = {s: (round(e / base_effort, 3) if e and base_effort else None) for s, e in effort_to.items()}
@@ -328,12 +331,10 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
             "noise_floor": _noise_floor(noise)}
 
 
-def _crossing(history: Sequence[dict[str, Any]], target: float | None) -> float | None:
-    """Effort at which one seed's own curve first reaches ``target`` (``None``: not within its rounds)."""
-    for h in history:
-        if target is not None and h["mean_iou"] >= target:
-            return round(float(h.get("effort", h["labelled"])), 2)
-    return None
+def _first_reaching(curve: np.ndarray, target: float | None) -> int | None:
+    """First round whose mean IoU in ``curve [R]`` is >= ``target`` (``None``: none, or no target)."""
+    hits = np.flatnonzero(curve >= target) if target is not None else []
+    return int(hits[0]) if len(hits) else None
 
 
 def _noise_floor(random_curve: dict[str, Any]) -> dict[str, float] | None:

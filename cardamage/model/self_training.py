@@ -66,11 +66,22 @@ class PseudoSet:
                 "kept_share": round(self.kept_share, 4), "skipped": [p for p, _ in self.skipped]}
 
 
-def draw_photos(photos: Sequence[Path], n_labelled: int, ratio: float, limit: int, seed: int) -> list[Path]:
+def draw_photos(photos: Sequence[Any], n_labelled: int, ratio: float, limit: int, seed: int) -> list[Any]:
     """A seeded draw of ``min(ratio x n_labelled, limit, len(photos))`` pool photos, in pool order."""
     n = min(len(photos), limit, int(round(ratio * n_labelled)))
     chosen = np.random.default_rng(seed).choice(len(photos), size=n, replace=False) if n else []
     return [photos[i] for i in sorted(chosen)]
+
+
+def confident_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """``uint8 [...]``: the argmax class of ``probs [..., C]`` where its probability >= ``threshold``,
+    :data:`IGNORE_INDEX` elsewhere."""
+    return np.where(probs.max(-1) >= threshold, probs.argmax(-1), IGNORE_INDEX).astype(np.uint8)
+
+
+def ramp_value(epoch: int, ramp_epochs: int) -> float:
+    """Share of pseudo-labelled photos used in ``epoch`` (from 0): ``min(1, (epoch + 1) / ramp_epochs)``."""
+    return min(1.0, (epoch + 1) / max(1, ramp_epochs))
 
 
 def pseudo_label(teacher: LoadedModel, photos: Sequence[Path], size: int, resize: str,
@@ -86,7 +97,7 @@ def pseudo_label(teacher: LoadedModel, photos: Sequence[Path], size: int, resize
             skipped.append((str(path), str(exc)))
             continue
         probs = full_res_probs(teacher, [image])[0]
-        labels = np.where(probs.max(-1) >= threshold, probs.argmax(-1), IGNORE_INDEX).astype(np.uint8)
+        labels = confident_labels(probs, threshold)
         kept, total = kept + int((labels != IGNORE_INDEX).sum()), total + labels.size
         fit = fit_geometry(image.shape[1], image.shape[0], size, resize)
         resized = cv2.resize(labels, (fit.new_w, fit.new_h), interpolation=cv2.INTER_NEAREST)
@@ -112,14 +123,14 @@ def ramped(image: tf.Tensor, mask: tf.Tensor, index: tf.Tensor, ramp: tf.Variabl
 
 
 class RampUp(keras.callbacks.Callback):
-    """Sets ``ramp`` to ``min(1, (epoch + 1) / epochs)`` at the start of each epoch."""
+    """Sets ``ramp`` to :func:`ramp_value` at the start of each epoch."""
 
     def __init__(self, ramp: tf.Variable, epochs: int):
         super().__init__()
-        self.ramp, self.epochs = ramp, max(1, epochs)
+        self.ramp, self.epochs = ramp, epochs
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.ramp.assign(min(1.0, (epoch + 1) / self.epochs))
+        self.ramp.assign(ramp_value(epoch, self.epochs))
 
 
 @dataclass
@@ -157,6 +168,6 @@ def add_pseudo_labels(params: Params, labelled: tf.data.Dataset, n_labelled: int
     pseudo = pseudo_label(teacher, chosen, params.model.input_size, params.model.resize, t.pseudo_threshold)
     log.info("pseudo-labels: %d pool photo(s) from %s (%d unreadable), %.1f %% of their pixels confident",
              len(pseudo.paths), t.pseudo_teacher, len(pseudo.skipped), 100 * pseudo.kept_share)
-    ramp = tf.Variable(min(1.0, 1.0 / max(1, t.pseudo_ramp_epochs)), trainable=False, dtype=tf.float32)
+    ramp = tf.Variable(ramp_value(0, t.pseudo_ramp_epochs), trainable=False, dtype=tf.float32)
     return SelfTraining(labelled.concatenate(pseudo_dataset(pseudo)), n_labelled + len(pseudo.paths), ramp,
                         pseudo.card(str(t.pseudo_teacher), t.pseudo_threshold))
