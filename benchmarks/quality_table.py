@@ -8,6 +8,8 @@ per photo relative to the first variant (the baseline), all measured in this run
 Every command is printed before it runs, so a figure can be reproduced by hand.
 
     python benchmarks/quality_table.py --out /tmp/quality --variants lite0_128 lite0_256 lite0_256_tta
+    python benchmarks/quality_table.py --out /tmp/quality --preset models/pretrained/efficientnet-lite0 \
+        --variants lite0_128 lite1_128 lite2_128
 
 Finished variants are kept in ``OUT/summary.json`` and skipped on the next run (``--redo`` to rerun).
 """
@@ -31,6 +33,11 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "lite0_256_tta": (["model.input_size=256", "predict.tta=flip"], "lite0_256"),
     "lite0_384": (["model.input_size=384", "train.epochs=8", "train.early_stopping_patience=10"], None),
     # the 8 bilgi damage types as 8 classes (damage IoU = any type against background)
+    # deeper ImageNet backbones (same recipe as lite0_128; presets imported next to --preset's)
+    "lite1_128": (["model.backbone_preset={presets}/efficientnet-lite1", "model.input_size=128", "train.epochs=10",
+                   "train.early_stopping_patience=10"], None),
+    "lite2_128": (["model.backbone_preset={presets}/efficientnet-lite2", "model.input_size=128", "train.epochs=10",
+                   "train.early_stopping_patience=10"], None),
     "lite0_128_types": (["data.classes=[" + ", ".join(CATEGORIES) + "]", "data.class_map={}", "model.input_size=128",
                          "train.epochs=10", "train.early_stopping_patience=10"], None),
 }
@@ -76,6 +83,24 @@ def speed_table(sizes: list[int], photos: list[Path], out: Path) -> str:
     return "\n".join(rows)
 
 
+def presets_dir(args: argparse.Namespace) -> Path:
+    """The folder holding the Lite1 / Lite2 presets: beside ``--preset`` (Lite0's)."""
+    return args.preset.parent
+
+
+def ensure_presets(args: argparse.Namespace) -> None:
+    """Import every ImageNet preset the chosen variants name (Lite0 at ``--preset``), once."""
+    wanted = {"efficientnet-lite0": args.preset}
+    for name in args.variants:
+        for pair in VARIANTS[name][0]:
+            if pair.startswith("model.backbone_preset={presets}/"):
+                source = pair.rsplit("/", 1)[1]
+                wanted[source] = presets_dir(args) / source
+    for source, folder in wanted.items():
+        if not (folder / "config.json").is_file():
+            run([str(BIN), "backbone", "import", source, str(folder)], args.out / f"import_{source}.log")
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """Train (unless a TTA variant) and evaluate one variant; its metrics, minutes and model path."""
     sets, base = VARIANTS[name]
@@ -85,7 +110,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     pairs = data_overrides(args.dataset) + ["data.test_splits=[valid]", "model.backbone=efficientnetlite_b0",
                                             f"model.backbone_preset={args.preset}", f"train.seed={args.seed}",
                                             f"train.history_csv={folder / 'history.csv'}",
-                                            f"evaluate.plots_dir={args.out / name / 'plots'}", *sets]
+                                            f"evaluate.plots_dir={args.out / name / 'plots'}",
+                                            *(s.format(presets=presets_dir(args)) for s in sets)]
     log = args.out / f"{name}.log"
     minutes = 0.0
     if base is None:
@@ -144,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(speed_table([int(v) for v in args.speed_sizes.split(",")], photos, args.out))
         return 0
     args.preset = args.preset or args.out / "lite0_imagenet"
-    if not (args.preset / "config.json").is_file():
-        run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], args.out / "import.log")
+    ensure_presets(args)
     summary = args.out / "summary.json"
     results = json.loads(summary.read_text()) if summary.is_file() else {}
     for name in args.variants:
