@@ -6,6 +6,6 @@ Modules: ``backbones`` (the backbone table: name -> builder -> preset family -> 
 (probabilities, embeddings, MC dropout, ``softmax``), ``regions`` (connected regions),
 ``frozen`` (frozen backbone + light head learner of the simulation), ``inputs`` (tf.data
 inputs), ``train``, ``evaluate``, ``predict``, ``plots``, and the offline ImageNet import
-(``backbone_import``, with the PyTorch side in ``lite0``). Only ``backbones`` and ``heads`` import
+(``backbone_import``, with the PyTorch side in ``efficientnet_lite``). Only ``backbones`` and ``heads`` import
 ``keras_cv``.
 """

@@ -5,7 +5,7 @@ The sources (:data:`SOURCES`) are EfficientNet-Lite0, -Lite1 and -Lite2: the PyP
 to a legacy PyTorch state dict (keys ``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``,
 ..., ``_fc``). This module maps every tensor onto :class:`keras_cv.models.EfficientNetLiteBackbone`
 (the variant's width / depth coefficients; the PyTorch side, the builder and the tensor mapping
-are in :mod:`cardamage.model.lite0`), writes a KerasCV preset folder that ``model.backbone_preset``
+are in :mod:`cardamage.model.efficientnet_lite`), writes a KerasCV preset folder that ``model.backbone_preset``
 can point at, and checks the result at the variant's ImageNet size (224 / 240 / 260 px) on two
 real photos (``skimage.data.chelsea()``, a cat, and ``skimage.data.coffee()``, a cup of coffee)
 and against the original PyTorch network (package ``efficientnet-lite-pytorch``). Every preset
@@ -43,22 +43,20 @@ import numpy as np
 
 from cardamage.errors import CardamageError
 from cardamage.model.backbones import imagenet_sources
-from cardamage.model.inference import softmax
-from cardamage.model.lite0 import (
+from cardamage.model.efficientnet_lite import (
     INSTALL_HINT,
     LITE0,
-    LITE0_SIZE,
     LITE_MEAN,
     LITE_STD,
     LITE_VARIANTS,
     build_lite_backbone,
     fold_input_normalisation,
-    lite0_weights_file,  # noqa: F401  (the Lite0 API, re-exported)
     lite_weights_file,
     load_lite_weights,
     read_state_dict,
     torch_lite_logits,
 )
+from cardamage.model.inference import softmax
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ class ImportReport:
     backbone: str
     source: str
     variant: str = LITE0
-    input_size: int = LITE0_SIZE
+    input_size: int = LITE_VARIANTS[LITE0].size
     top5: dict[str, list[int]] = field(default_factory=dict)
     top5_probs: dict[str, list[float]] = field(default_factory=dict)
     checks_passed: bool = False
@@ -134,7 +132,7 @@ def classifier(backbone: Any, kernel: np.ndarray, bias: np.ndarray) -> Any:
     return model
 
 
-def check_images(size: int = LITE0_SIZE, crop: float | None = None) -> dict[str, np.ndarray]:
+def check_images(size: int = LITE_VARIANTS[LITE0].size, crop: float | None = None) -> dict[str, np.ndarray]:
     """The check photos, ImageNet-eval style: centre crop ``crop`` of the short side, bicubic resize.
 
     Args:
@@ -199,10 +197,6 @@ def convert_lite(state: dict[str, np.ndarray], name: str = LITE0) -> Any:
     fold_input_normalisation(backbone, LITE_MEAN, LITE_STD)
     return backbone
 
-
-def convert_lite0(state: dict[str, np.ndarray]) -> Any:
-    """A 224 px KerasCV EfficientNet-Lite0 backbone (RGB 0-255 input) holding ``state``'s weights."""
-    return convert_lite(state, LITE0)
 
 
 def import_backbone(name: str, out_dir: str | Path, weights: str | Path | None = None,

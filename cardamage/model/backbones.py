@@ -90,19 +90,32 @@ def _resnet_v2(name: str, width: float, shape: tuple[int, int, int]) -> keras.Mo
                             include_rescaling=True, input_shape=shape, block_type=block_type)
 
 
+def lite_backbone(width: float, shape: tuple[int, int, int], depth: float = 1.0,
+                  dropout: float = 0.2) -> keras.Model:
+    """EfficientNet-Lite (Lite0's block table) with width / depth coefficients, RGB 0-255 input.
+
+    KerasCV scales the table as the TF original does: ``ceil(depth * r)`` blocks a stage but the
+    first and last, stem (32) and head (1280) channels fixed. Lite0 is ``(1.0, 1.0)``, Lite1
+    ``(1.0, 1.1)``, Lite2 ``(1.1, 1.2)``. Output ``[N, ceil(H / 32), ceil(W / 32), 1280]``.
+    """
+    from keras_cv.models import EfficientNetLiteBackbone
+
+    # Lite keeps its 32-channel stem unscaled: pre-divide the first block's input so it scales back to 32.
+    return EfficientNetLiteBackbone(
+        include_rescaling=True, width_coefficient=width, depth_coefficient=depth,
+        stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
+        stackwise_input_filters=[round(32 / width), 16, 24, 40, 80, 112, 192],
+        stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
+        stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
+        dropout_rate=dropout, drop_connect_rate=0.2, input_shape=shape)
+
+
 def _efficientnet(name: str, width: float, shape: tuple[int, int, int]) -> keras.Model:
     """EfficientNet-Lite0 or EfficientNetV2-B0, width coefficient ``width``."""
-    from keras_cv.models import EfficientNetLiteBackbone, EfficientNetV2Backbone
+    from keras_cv.models import EfficientNetV2Backbone
 
     if name == "efficientnetlite_b0":
-        # Lite keeps its 32-channel stem unscaled: pre-divide the first block's input so it scales back to 32.
-        return EfficientNetLiteBackbone(
-            include_rescaling=True, width_coefficient=width, depth_coefficient=1.0,
-            stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
-            stackwise_input_filters=[round(32 / width), 16, 24, 40, 80, 112, 192],
-            stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
-            stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
-            dropout_rate=0.2, drop_connect_rate=0.2, input_shape=shape)
+        return lite_backbone(width, shape)
     return EfficientNetV2Backbone(
         include_rescaling=True, width_coefficient=width, depth_coefficient=1.0,
         stackwise_kernel_sizes=[3] * 6, stackwise_num_repeats=[1, 2, 2, 3, 5, 8],

@@ -61,7 +61,8 @@ def test_import_passes_imagenet_check(imported) -> None:
 @pytest.mark.slow
 def test_deeplab_builds_offline_on_imported_preset(imported) -> None:
     from cardamage.config import ModelParams
-    from cardamage.model.backbone_import import convert_lite0, lite0_weights_file, read_state_dict
+    from cardamage.model.backbone_import import convert_lite, read_state_dict
+    from cardamage.model.efficientnet_lite import lite_weights_file
     from cardamage.model.heads import build_model
 
     out, _ = imported
@@ -69,7 +70,7 @@ def test_deeplab_builds_offline_on_imported_preset(imported) -> None:
                          head_filters=16, projection_filters=8, aspp_dilation_rates=[1, 2])
     model = build_model(params, num_classes=2)
     assert model.output.shape[1:] == (64, 64, 2)
-    expected = convert_lite0(read_state_dict(lite0_weights_file()))
+    expected = convert_lite(read_state_dict(lite_weights_file()))
     weighted = [layer for layer in expected.layers if layer.weights]
     assert len(weighted) == 98  # stem + top: 2 + 2; 16 blocks x 4; 15 expand convs + BNs: 30
     for layer in weighted:
@@ -149,7 +150,7 @@ def test_unknown_source_lists_every_variant(tmp_path: Path, variant: str) -> Non
                                                        ("efficientnet-lite2", (1.1, 1.2, 260))])
 def test_variant_table_and_weights_package(variant: str, coefficients: tuple[float, float, int]) -> None:
     from cardamage.model.backbone_import import extra_missing
-    from cardamage.model.lite0 import lite_weights_file, variant_of
+    from cardamage.model.efficientnet_lite import lite_weights_file, variant_of
 
     v = variant_of(variant)
     assert (v.width, v.depth, v.size) == coefficients

