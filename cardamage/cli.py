@@ -93,9 +93,9 @@ def train(params: Params, model_path: str | None, pseudo_teacher: str | None) ->
     params.train.pseudo_teacher = pseudo_teacher or params.train.pseudo_teacher
     photos = []
     if params.train.pseudo_teacher:
-        from cardamage.active.pool import build_pool
+        from cardamage.active.pool import pool_for
 
-        pool = build_pool(params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
+        pool = pool_for(params)
         click.echo(pool.summary())
         photos = [photo.path for photo in pool.photos]
     result = run_training(params, model_path=model_path, pool_photos=photos)

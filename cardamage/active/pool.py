@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardamage.config import DataParams
+from cardamage.config import DataParams, Params
 from cardamage.data.dedup import file_sha256, hamming_matrix, perceptual_hash
 from cardamage.data.images import IMAGE_SUFFIXES, ImageLoadError, list_images
 from cardamage.errors import EmptyInputError
@@ -276,6 +276,12 @@ def build_pool(source: str | os.PathLike, data: DataParams, ledger: str | os.Pat
         log.warning("skipping unreadable photo %s: %s", name, why)
     log.info("%s", pool.summary())
     return pool
+
+
+def pool_for(params: Params, source: str | os.PathLike | None = None) -> Pool:
+    """:func:`build_pool` of ``source`` (default ``data.pool``) with the project's dataset, Label
+    Studio ledger and hash cache: the pool ``score``, ``select`` and ``train --pseudo-teacher`` see."""
+    return build_pool(source or params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
 
 
 def _exclude_near(pool: Pool, known: list[KnownPhoto], max_distance: int, chunk: int = 4096) -> None:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from cardamage.active import scores_store
 from cardamage.active.balance import CLASS_SHARES, class_shares
-from cardamage.active.pool import Pool, PoolPhoto, build_pool, check_not_empty
+from cardamage.active.pool import Pool, PoolPhoto, check_not_empty, pool_for
 from cardamage.active.strategies import CELL_DTYPE, ScoreBatch, score_columns, scoring_strategies
 from cardamage.config import Params, ScoreParams
 from cardamage.data.images import ImageLoadError, load_image
@@ -409,7 +409,7 @@ def run_score(params: Params, source: str | None = None, model_path: str | None 
 
     model_path = model_path or params.score.model_path
     version = checked_model_version(model_path, params)
-    pool = build_pool(source or params.data.pool, params.data, params.labelstudio.ledger, params.score.hash_cache)
+    pool = pool_for(params, source)
     check_not_empty(pool)
     scores = ensure_scores(pool.photos, out or params.score.out, params.score,
                            lambda: make_engine(engine, model_path, params.score, **engine_options), version,
