@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 
 def summary(took_ms: list[float]) -> dict[str, float | int | None]:
     """Count and p50 / p99 / max of latencies in ms (``None`` without any)."""
@@ -32,19 +34,19 @@ def summary(took_ms: list[float]) -> dict[str, float | int | None]:
 
 def probe(url: str, photo: Path, stop: threading.Event, gap_s: float = 0.05) -> dict[str, object]:
     """Requests one at a time until ``stop`` is set: latencies by answer (``200``, ``503``, other)."""
-    import httpx
+    from lean_client import LeanClient, multipart
 
-    files = [("photos", (photo.name, photo.read_bytes(), "image/jpeg"))]
+    body = multipart(photo.name, photo.read_bytes())
     seen: dict[str, list[float]] = {"200": [], "503": [], "other": []}
-    with httpx.Client(base_url=url, timeout=120) as client:
+    client = LeanClient(url)
+    try:
         while not stop.is_set():
             t0 = time.perf_counter()
-            try:
-                status = str(client.post("/v1/assess", files=files).status_code)
-            except httpx.HTTPError:
-                status = "other"
+            status = str(client.post("/v1/assess", body).status)
             seen[status if status in seen else "other"].append((time.perf_counter() - t0) * 1000)
             stop.wait(gap_s)
+    finally:
+        client.close()
     return {"accepted": summary(seen["200"]), "refused": summary(seen["503"]), "other": len(seen["other"])}
 
 
