@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -170,7 +171,8 @@ def load(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int,
                 status, retry_after = post(i % len(payloads))
                 took = time.perf_counter() - t0
                 if status == 503 and honour_retry_after:
-                    time.sleep(min(10.0, retry_after or 1.0))
+                    # with jitter, as well-behaved clients retry (no synchronised herd of retries)
+                    time.sleep(min(10.0, retry_after or 1.0) * random.uniform(1.0, 1.5))
                 with lock:
                     if status == 200:
                         accepted.append(took)

@@ -95,8 +95,10 @@ def downsize(rgb: np.ndarray, max_side: int) -> np.ndarray:
 
 def grey_stats(grey: np.ndarray) -> dict[str, float]:
     """Brightness, contrast (0-255) and sharpness (Laplacian variance, grey levels squared) of ``uint8 [H, W]``."""
-    laplacian = cv2.Laplacian(grey, cv2.CV_64F, ksize=1)
-    return {"brightness": float(grey.mean()), "contrast": float(grey.std()), "sharpness": float(laplacian.var())}
+    # cv2.meanStdDev: one pass each in C without the GIL (numpy's mean/std/var take 1.5 ms and hold it between passes)
+    mean, std = cv2.meanStdDev(grey)
+    _, lap_std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_64F, ksize=1))
+    return {"brightness": float(mean[0, 0]), "contrast": float(std[0, 0]), "sharpness": float(lap_std[0, 0]) ** 2}
 
 
 def pixel_stats(rgb: np.ndarray) -> dict[str, float]:

@@ -179,8 +179,11 @@ class IncomingStore:
         return StoredPhoto(sha256, target, created)
 
     def save_prediction(self, sha256: str, record: dict[str, Any]) -> Path:
-        """Write ``<sha256>.json`` atomically (the latest prediction replaces an older one)."""
-        return write_json(self.photo_path(sha256, ".json"), record)
+        """Write ``<sha256>.json`` atomically (the latest prediction replaces an older one).
+
+        Compact JSON: with an indent the standard library encodes in Python (1.4 ms for a photo with a few
+        regions, on every request); without one its C encoder takes a tenth of that."""
+        return write_json(self.photo_path(sha256, ".json"), record, indent=None)
 
     def files(self) -> list[StoredFile]:
         """One entry per sha256: its photo(s) first, then ``<sha256>.json`` (a JSON without photo is its own entry).

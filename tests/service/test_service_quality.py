@@ -80,3 +80,15 @@ def test_colour_measures():
     noise = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)
     m = colour_measures(noise)
     assert m["colours"] > 9000 and m["flat_share"] < 0.01
+
+
+def test_colour_measures_match_a_plain_count():
+    """The sorted-run count equals np.unique's, on noise, flat areas, a strided view and one pixel."""
+    rng = np.random.default_rng(1)
+    cases = [rng.integers(0, 8, (64, 48, 3), dtype=np.uint8), rng.integers(0, 256, (33, 17, 3), dtype=np.uint8),
+             rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)[::2, ::3], np.full((1, 1, 3), 7, np.uint8)]
+    for rgb in cases:
+        _, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
+        top = np.sort(counts)[-16:].sum() / counts.sum()
+        m = colour_measures(rgb)
+        assert m["colours"] == counts.size and m["flat_share"] == pytest.approx(top)
