@@ -11,7 +11,10 @@ In one run, on the same photos (``--photos``, 1024 px sample photos):
   as a subprocess on 127.0.0.1 with its own pool and splash folders, single-photo ``POST /v1/assess``
   from 1, 4, 16 and 64 client threads: accepted requests/s and latency p50 / p95 / p99, refusals
   (``503``) and how fast they came, each as a ratio to the peer; a refused client waits the
-  answer's ``Retry-After`` before its next request (``--storm``: it retries at once);
+  answer's ``Retry-After`` times a random 1-1.5 before its next request (``--storm``: it retries at
+  once); the clients are :mod:`lean_client` (each body encoded once, ~0.5 ms of CPU a request) or,
+  with ``--client httpx``, httpx clients that encode and parse in Python per request (what stop 24
+  and before measured; their CPU is taken from the server's cores);
 * from 64 clients on, a lone well-behaved client in its own process (:mod:`service_probe`) beside
   the load: what one customer sees, without the load threads' own scheduling delays;
 * memory: the server's RSS (with its children: Ray replicas) after the warm-up and every 100
@@ -22,12 +25,12 @@ The goal of issue 15 is checked and printed: 1 client p95 <= 1.2x one ``model.pr
 >= 0.8x the best batched throughput with p99 <= 2x p50; 64 clients: refusals within 50 ms, no
 timeout, accepted p99 <= 2x p50; RSS flat over the soak.
 The model is ``--model FILE`` or an untrained network built from ``params.yaml``'s ``model``
-section at ``--size`` (weights do not change the cost). Client threads share the 2 cores with the
-server, as they would on one machine.
+section at ``--size`` (weights do not change the cost). The client threads share the 2 cores with
+the server.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_service.py [--size 256] [--model FILE] [--engines local,ray]
+    .venv/bin/python benchmarks/bench_service.py [--size 256] [--model FILE] [--engines local,ray] [--client lean|httpx]
         [--requests 96] [--soak 10000] [--max-seconds 600] [--out reports/bench_service.json]
 """
 
