@@ -239,6 +239,11 @@ def _sender(url: str, payloads: list[tuple[str, bytes]], client: str) -> Any:
     return make
 
 
+def photo_payloads(files: list[Path]) -> list[tuple[str, bytes]]:
+    """``(file name, file bytes)`` of each photo: what one request uploads."""
+    return [(f.name, f.read_bytes()) for f in files]
+
+
 def rss_mb(pid: int) -> float:
     """RSS of the process and its children (Ray's replicas and workers) in MiB."""
     import psutil
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_service_"))
     files = list_images(args.photos)[:args.limit]
-    payloads = [(f.name, f.read_bytes()) for f in files]
+    payloads = photo_payloads(files)
     model_path = str(Path(args.model).resolve()) if args.model else build_model(tmp, args.size)
     model = model_times(model_path, files)
     engines = [run_engine(e, model_path, payloads, args, model) for e in args.engines.split(",")]

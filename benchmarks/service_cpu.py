@@ -1,4 +1,4 @@
-"""Where the claim service's CPU goes under load: per-thread CPU from ``/proc``, the machine's idle share
+"""Where the claim service's CPU goes under load: per-thread CPU (psutil, from ``/proc``), the machine's idle share
 and the model's batch sizes, while lean clients (:mod:`lean_client`) keep ``--clients`` requests in flight.
 
 Prints requests/s, the cores the server used, CPU ms per request of its busiest threads (on 2 cores the
@@ -24,21 +24,11 @@ from typing import Any
 import bench_service as bench
 
 
-def thread_ticks(pid: int) -> dict[str, int]:
-    """CPU clock ticks (user + system) of each thread of ``pid``, by thread id."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[task.name] = int(fields[11]) + int(fields[12])
-    return out
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, by thread id (psutil reads ``/proc``)."""
+    import psutil
 
-
-def machine_ticks() -> list[int]:
-    """``/proc/stat``'s first line: user, nice, system, idle, iowait, irq, softirq ticks."""
-    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 def batch_sizes(url: str) -> dict[str, float]:
@@ -52,30 +42,30 @@ def batch_sizes(url: str) -> dict[str, float]:
 
 def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     """One server, a warm-up, then ``seconds`` of load from ``clients`` lean clients."""
+    import psutil
+
     from cardamage.data.images import list_images
 
     tmp = Path(tempfile.mkdtemp(prefix="service_cpu_"))
-    files = list_images(bench.REPO / "data" / "sample" / "test")[:8]
-    payloads = [(f.name, f.read_bytes()) for f in files]
+    payloads = bench.photo_payloads(list_images(bench.REPO / "data" / "sample" / "test")[:8])
     port = bench.free_port()
     proc = bench.start_server(bench.build_model(tmp, 256), tmp, port,
                               extra=tuple(a for kv in extra for a in ("--set", kv)))
     url = f"http://127.0.0.1:{port}"
     try:
         bench.load(url, payloads, 32, 4)
-        before, m0, c0 = thread_ticks(proc.pid), machine_ticks(), os.times()
+        before, m0, c0 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times()
         run = bench.load(url, payloads, 10 ** 9, clients, max_seconds=seconds)
-        after, m1, c1 = thread_ticks(proc.pid), machine_ticks(), os.times()
+        after, m1, c1 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times()
         batches = batch_sizes(url)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
-    hz = os.sysconf("SC_CLK_TCK")
-    per_thread = sorted(((after[t] - before.get(t, 0)) / hz, t) for t in after)[::-1]
-    machine = [b - a for a, b in zip(m0, m1)]
+    per_thread = sorted(((after[t] - before.get(t, 0.0), t) for t in after), reverse=True)
+    spent = {k: getattr(m1, k) - getattr(m0, k) for k in ("user", "nice", "system", "idle", "iowait", "irq", "softirq")}
     return {"run": run, "server_cpu_s": sum(s for s, _ in per_thread), "per_thread": per_thread,
-            "main_thread": str(proc.pid), "idle_share": (machine[3] + machine[4]) / max(1, sum(machine)),
+            "main_thread": proc.pid, "idle_share": (spent["idle"] + spent["iowait"]) / max(1e-9, sum(spent.values())),
             "client_cpu_s": (c1.user - c0.user) + (c1.system - c0.system), "batches": batches}
 
 

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 def summary(took_ms: list[float]) -> dict[str, float | int | None]:
     """Count and p50 / p99 / max of latencies in ms (``None`` without any)."""
