@@ -40,6 +40,10 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
                    "train.early_stopping_patience=10"], None),
     "lite0_128_types": (["data.classes=[" + ", ".join(CATEGORIES) + "]", "data.class_map={}", "model.input_size=128",
                          "train.epochs=10", "train.early_stopping_patience=10"], None),
+    # the same with class-balanced photos (repeat-factor sampling: types on < 30 % of the photos repeated)
+    "lite0_128_types_rfs": (["data.classes=[" + ", ".join(CATEGORIES) + "]", "data.class_map={}",
+                             "model.input_size=128", "train.epochs=10", "train.early_stopping_patience=10",
+                             "train.repeat_threshold=0.3"], None),
 }
 
 

@@ -100,6 +100,7 @@ class TrainParams:
     pseudo_ratio: float = 1.0
     pseudo_max_photos: int = 500
     pseudo_ramp_epochs: int = 3
+    repeat_threshold: float = 0.0
 
 
 @dataclass

@@ -151,8 +151,11 @@ class SelfTraining:
 
 
 def add_pseudo_labels(params: Params, labelled: tf.data.Dataset, n_labelled: int,
-                      photos: Sequence[Path]) -> SelfTraining:
+                      photos: Sequence[Path], per_epoch: int | None = None) -> SelfTraining:
     """``labelled`` followed by pseudo-labelled pool photos (``train.pseudo_*``; see the module docstring).
+
+    ``n_labelled``: distinct labelled photos (the pseudo-label count follows it); ``per_epoch``: the
+    elements of ``labelled`` when it repeats photos (:mod:`cardamage.model.sampling`; ``None``: ``n_labelled``).
 
     Raises:
         BadParameterError: no teacher file, or a teacher trained on other classes.
@@ -169,5 +172,6 @@ def add_pseudo_labels(params: Params, labelled: tf.data.Dataset, n_labelled: int
     log.info("pseudo-labels: %d pool photo(s) from %s (%d unreadable), %.1f %% of their pixels confident",
              len(pseudo.paths), t.pseudo_teacher, len(pseudo.skipped), 100 * pseudo.kept_share)
     ramp = tf.Variable(ramp_value(0, t.pseudo_ramp_epochs), trainable=False, dtype=tf.float32)
-    return SelfTraining(labelled.concatenate(pseudo_dataset(pseudo)), n_labelled + len(pseudo.paths), ramp,
+    n_first = n_labelled if per_epoch is None else per_epoch
+    return SelfTraining(labelled.concatenate(pseudo_dataset(pseudo)), n_first + len(pseudo.paths), ramp,
                         pseudo.card(str(t.pseudo_teacher), t.pseudo_threshold))

@@ -31,6 +31,7 @@ from cardamage.model.inference import count_params
 from cardamage.model.inputs import Augment, base_dataset, batched, load_records, pixel_counts
 from cardamage.model.io import ModelInfo, save_model
 from cardamage.model.losses import ConfusionIoU, SegmentationLoss, class_weights_from_counts
+from cardamage.model.sampling import check_threshold, plan_repeats, repeat_dataset
 from cardamage.model.self_training import add_pseudo_labels
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,12 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
                if val_recs else None)
     n_val = pixel_counts(base_va, num_classes)[1] if base_va is not None else 0
 
-    n_labelled, selftrain = n_train, None
+    n_labelled, selftrain, repeats = n_train, None, None
+    if t.repeat_threshold > 0:
+        repeats = plan_repeats(train_recs, data.classes, data.class_map, t.repeat_threshold, t.seed, skipped)
+        base_tr, n_train = repeat_dataset(base_tr, repeats.counts), repeats.total
     if t.pseudo_teacher:
-        selftrain = add_pseudo_labels(params, base_tr, n_train, pool_photos)
+        selftrain = add_pseudo_labels(params, base_tr, n_labelled, pool_photos, per_epoch=n_train)
         base_tr, n_train = selftrain.dataset, selftrain.count
     strategy, use_fp16 = select_strategy(t.mixed_precision)
     global_batch = t.batch_size * strategy.num_replicas_in_sync
@@ -150,7 +154,8 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
                          architecture=params.model.architecture, backbone=params.model.backbone)
         extra = {"params": {k: v for k, v in params_to_dict(params).items() if k in ("data", "model", "train")},
                  "class_weights": weights.tolist(), "pixel_counts": counts.tolist(),
-                 "n_train": n_labelled, "n_val": n_val, "pseudo": selftrain.card if selftrain else None}
+                 "n_train": n_labelled, "n_val": n_val, "pseudo": selftrain.card if selftrain else None,
+                 "sampling": repeats.card() if repeats else None}
         checkpoint = BestCheckpoint(model_path, info, extra, monitor, t.checkpoint_every_s)
         history = HistoryCsv(history_csv, t.epochs, checkpoint)
         callbacks: list[keras.callbacks.Callback] = [
@@ -185,6 +190,7 @@ def _check_train_params(params: Params) -> None:
         raise BadParameterError(f"train.learning_rate: must be > 0, got {t.learning_rate}")
     if not params.data.classes:
         raise BadParameterError("data.classes: at least one class is needed")
+    check_threshold(t.repeat_threshold)
     if len(set(params.data.classes)) != len(params.data.classes):
         raise BadParameterError(f"data.classes: duplicate names in {params.data.classes}")
 

@@ -52,6 +52,7 @@ def run(tmp_path_factory, request, tiny_model_file, unlabelled_pool) -> dict:
                   "projection_filters": 8},
         "train": {"epochs": 1, "batch_size": 3, "model_path": str(tmp / "models" / "model.keras"),
                   "pseudo_threshold": 0.49, "pseudo_ratio": 2.0,  # two classes: every photo pixel kept
+                  "repeat_threshold": 1.0,  # class-balanced sampling on (every sample photo has damage: x1)
                   "history_csv": str(tmp / "reports" / "train_history.csv")},
         "evaluate": {"model_path": str(tmp / "models" / "model.keras"),
                      "metrics_file": str(tmp / "reports" / "metrics.json"), "plots_dir": str(tmp / "reports"),
@@ -91,6 +92,13 @@ def test_train_with_a_pseudo_teacher_records_the_pseudo_labels(run):
     assert card["n_train"] == 5, "the human-labelled photos; pseudo-labelled ones are counted apart"
     assert card["pseudo"]["photos"] == 4 and card["pseudo"]["teacher"] == run["teacher"]
     assert card["pseudo"]["threshold"] == 0.49 and card["pseudo"]["kept_share"] > 0.999
+
+
+def test_train_with_repeat_factor_sampling_records_it(run):
+    card = read_model_info(run["tmp"] / "models" / "model.keras").extra
+    assert card["sampling"] == {"method": "repeat_factor", "photos_per_epoch": 5,
+                                "class_photo_share": {"damage": 1.0}, "class_factor": {"damage": 1.0}}
+    assert "repeat-factor sampling (train.repeat_threshold 1): 5 photos -> 5 per epoch" in run["result"].output
 
 
 def test_evaluate_writes_all_metrics_and_plots(run):
