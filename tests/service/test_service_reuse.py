@@ -64,6 +64,16 @@ def test_phash64_is_a_64_bit_int_resize_invariant_and_checks_its_input(photos):
         phash64(np.zeros((8, 8, 3), np.float32))
 
 
+def test_phash64_stays_within_2_bits_of_imagehash_phash_on_every_sample_photo():
+    """The box pre-reduction (reducing_gap) may not move the hash: stored hashes stay comparable."""
+    import imagehash
+
+    for f in sorted(SAMPLE_TEST.glob("*.jpg")):
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        plain = int(str(imagehash.phash(Image.fromarray(rgb), hash_size=8)), 16)
+        assert popcount64(np.uint64(plain) ^ np.uint64(phash64(rgb))) <= 2, f.name
+
+
 def test_popcount_without_numpy_bitwise_count(monkeypatch):
     x = np.array([0, 1, 2**64 - 1, 0b1011 << 60], dtype=np.uint64)
     expected = [0, 1, 64, 3]
