@@ -115,7 +115,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
                                             f"model.backbone_preset={args.preset}", f"train.seed={args.seed}",
                                             f"train.history_csv={folder / 'history.csv'}",
                                             f"evaluate.plots_dir={args.out / name / 'plots'}",
-                                            *(s.format(presets=presets_dir(args)) for s in sets)]
+                                            *(s.replace("{presets}", str(presets_dir(args))) for s in sets)]
     log = args.out / f"{name}.log"
     minutes = 0.0
     if base is None:
