@@ -105,17 +105,24 @@ def ensure_presets(args: argparse.Namespace) -> None:
             run([str(BIN), "backbone", "import", source, str(folder)], args.out / f"import_{source}.log")
 
 
+def variant_pairs(name: str, args: argparse.Namespace) -> list[str]:
+    """The ``--set`` pairs of one variant's train and evaluate commands (later pairs win)."""
+    sets, base = VARIANTS[name]
+    folder = args.out / (base or name)
+    return data_overrides(args.dataset) + ["data.test_splits=[valid]", "model.backbone=efficientnetlite_b0",
+                                           f"model.backbone_preset={args.preset}", f"train.seed={args.seed}",
+                                           f"train.history_csv={folder / 'history.csv'}",
+                                           f"evaluate.plots_dir={args.out / name / 'plots'}",
+                                           *(s.replace("{presets}", str(presets_dir(args))) for s in sets)]
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """Train (unless a TTA variant) and evaluate one variant; its metrics, minutes and model path."""
-    sets, base = VARIANTS[name]
+    _, base = VARIANTS[name]
     folder = args.out / (base or name)
     model, metrics = folder / "model.keras", args.out / name / "metrics.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    pairs = data_overrides(args.dataset) + ["data.test_splits=[valid]", "model.backbone=efficientnetlite_b0",
-                                            f"model.backbone_preset={args.preset}", f"train.seed={args.seed}",
-                                            f"train.history_csv={folder / 'history.csv'}",
-                                            f"evaluate.plots_dir={args.out / name / 'plots'}",
-                                            *(s.replace("{presets}", str(presets_dir(args))) for s in sets)]
+    pairs = variant_pairs(name, args)
     log = args.out / f"{name}.log"
     minutes = 0.0
     if base is None:
