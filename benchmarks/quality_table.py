@@ -33,6 +33,11 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "lite0_256_tta": (["model.input_size=256", "predict.tta=flip"], "lite0_256"),
     "lite0_384": (["model.input_size=384", "train.epochs=8", "train.early_stopping_patience=10"], None),
     # the 8 bilgi damage types as 8 classes (damage IoU = any type against background)
+    # schedule and loss, one lever each: twice the epochs with a 2-epoch warm-up; a Lovasz-softmax term
+    "lite0_128_long": (["model.input_size=128", "train.epochs=20", "train.warmup_epochs=2",
+                        "train.early_stopping_patience=20"], None),
+    "lite0_128_lovasz": (["model.input_size=128", "train.epochs=10", "train.early_stopping_patience=10",
+                          "train.lovasz_weight=1.0"], None),
     # deeper ImageNet backbones (same recipe as lite0_128; presets imported next to --preset's)
     "lite1_128": (["model.backbone_preset={presets}/efficientnet-lite1", "model.input_size=128", "train.epochs=10",
                    "train.early_stopping_patience=10"], None),

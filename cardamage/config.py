@@ -101,6 +101,8 @@ class TrainParams:
     pseudo_max_photos: int = 500
     pseudo_ramp_epochs: int = 3
     repeat_threshold: float = 0.0
+    lovasz_weight: float = 0.0
+    warmup_epochs: int = 0
 
 
 @dataclass

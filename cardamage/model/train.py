@@ -145,7 +145,8 @@ def train(params: Params, model_path: str | Path | None = None, history_csv: str
         with strategy.scope():
             model = build_model(params.model, num_classes)
             model.compile(optimizer=_optimizer(params, steps),
-                          loss=SegmentationLoss(num_classes, weights.tolist(), t.dice_weight, t.focal_gamma),
+                          loss=SegmentationLoss(num_classes, weights.tolist(), t.dice_weight, t.focal_gamma,
+                                                    lovasz_weight=t.lovasz_weight),
                           metrics=[ConfusionIoU(num_classes, "mean", name="mean_iou"),
                                    ConfusionIoU(num_classes, "foreground", name="damage_iou")])
         log.info("model %s: %d weights, input %dx%d, %d classes", model.name, count_params(model), size, size,
@@ -191,16 +192,29 @@ def _check_train_params(params: Params) -> None:
     if not params.data.classes:
         raise BadParameterError("data.classes: at least one class is needed")
     check_threshold(t.repeat_threshold)
+    if t.lovasz_weight < 0 or t.warmup_epochs < 0:
+        raise BadParameterError(f"train.lovasz_weight / train.warmup_epochs: must be >= 0, got {t.lovasz_weight} / "
+                                f"{t.warmup_epochs}")
     if len(set(params.data.classes)) != len(params.data.classes):
         raise BadParameterError(f"data.classes: duplicate names in {params.data.classes}")
 
 
-def _optimizer(params: Params, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def lr_schedule(params: Params, steps_per_epoch: int) -> Any:
+    """The learning rate: a float (``constant``, ``plateau``) or a Keras schedule by optimizer step (``cosine``:
+    from ``train.learning_rate`` to 1 % of it, after ``train.warmup_epochs`` of linear warm-up from 1 %)."""
     t = params.train
-    lr: Any = t.learning_rate
-    if t.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=0.01)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+    warmup = min(t.warmup_epochs, t.epochs - 1) * steps_per_epoch
+    if t.lr_schedule != "cosine":
+        return t.learning_rate
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(t.learning_rate * 0.01, (t.epochs * steps_per_epoch) - warmup,
+                                                      alpha=0.01, warmup_target=t.learning_rate, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=0.01)
+
+
+def _optimizer(params: Params, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    return keras.optimizers.AdamW(learning_rate=lr_schedule(params, steps_per_epoch),
+                                  weight_decay=params.train.weight_decay)
 
 
 class BestCheckpoint(keras.callbacks.Callback):

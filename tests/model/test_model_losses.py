@@ -107,3 +107,43 @@ def test_image_level_precision_recall():
     np.testing.assert_allclose(thresholds, [0.9, 0.8, 0.3, 0.1])
     np.testing.assert_allclose(precision, [1.0, 0.5, 2 / 3, 0.5])
     np.testing.assert_allclose(recall, [0.5, 0.5, 1.0, 1.0])
+
+
+def _lovasz_only(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    return float(SegmentationLoss(num_classes, dice_weight=0.0, lovasz_weight=1.0)(labels, probs)
+                 - SegmentationLoss(num_classes, dice_weight=0.0)(labels, probs))
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou_over_present_classes():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(2, 6, 5))
+    labels[labels == 2] = 1  # class 2 absent from the labels: it does not count ...
+    pred = rng.integers(0, 3, size=(2, 6, 5))  # ... even where it is predicted
+    labels[0, 0, :3] = IGNORE_INDEX
+    probs = np.eye(3, dtype=np.float32)[pred]
+    valid = labels != IGNORE_INDEX
+    ious = [np.sum((pred == k) & (labels == k) & valid) / np.sum(((pred == k) | (labels == k)) & valid)
+            for k in (0, 1)]
+    assert _lovasz_only(labels, probs, 3) == pytest.approx(1 - np.mean(ious), abs=1e-4)
+
+
+def test_lovasz_is_zero_when_right_and_grows_as_predictions_get_worse():
+    labels = np.array([[[0, 1, 1, 0]]])
+    assert _lovasz_only(labels, probs_of([[0.0, 1.0, 1.0, 0.0]]), 2) == pytest.approx(0.0, abs=1e-4)
+    losses = [_lovasz_only(labels, probs_of([[p, 1 - p, 1 - p, p]]), 2) for p in (0.1, 0.3, 0.6)]
+    assert 0 < losses[0] < losses[1] < losses[2]
+
+
+def test_lovasz_gives_gradients_and_round_trips_in_the_config():
+    import tensorflow as tf
+
+    loss = SegmentationLoss(2, dice_weight=0.0, lovasz_weight=0.5)
+    labels = np.array([[[0, 1], [1, IGNORE_INDEX]]])
+    logits = tf.Variable(np.zeros((1, 2, 2, 2), np.float32))
+    with tf.GradientTape() as tape:
+        value = loss(labels, tf.nn.softmax(logits))
+    grad = tape.gradient(value, logits).numpy()
+    assert np.isfinite(grad).all() and np.abs(grad[0, :, :1]).sum() > 0 and np.abs(grad[0, 1, 1]).sum() == 0
+    assert SegmentationLoss.from_config(loss.get_config()).lovasz_weight == 0.5
+    with pytest.raises(ValueError, match="lovasz_weight"):
+        SegmentationLoss(2, lovasz_weight=-1)

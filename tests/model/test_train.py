@@ -182,3 +182,17 @@ def test_best_checkpoint_keeps_the_best_weights_and_writes_them_late(tmp_path):
     eager.set_model(model)
     eager.on_epoch_end(0, {"val_mean_iou": 0.1})
     assert (tmp_path / "eager.keras").is_file()  # every_s 0: each improvement is written at once
+
+
+def test_cosine_schedule_with_warm_up_rises_linearly_then_decays():
+    from cardamage.model.train import lr_schedule
+
+    params = load_params(None, ["train.epochs=5", "train.learning_rate=0.001", "train.warmup_epochs=2"])
+    schedule = lr_schedule(params, steps_per_epoch=10)
+    values = [float(schedule(step)) for step in (0, 10, 20, 35, 49)]
+    assert values[0] == pytest.approx(1e-5, rel=1e-3) and values[1] == pytest.approx(0.000505, rel=1e-3)
+    assert values[2] == pytest.approx(1e-3, rel=1e-3) and values[2] > values[3] > values[4] > 1e-5
+    plain = lr_schedule(load_params(None, ["train.epochs=5", "train.learning_rate=0.001"]), 10)
+    assert float(plain(0)) == pytest.approx(1e-3, rel=1e-3), "no warm-up by default"
+    long = lr_schedule(load_params(None, ["train.epochs=3", "train.warmup_epochs=9"]), 10)
+    assert float(long(20)) == pytest.approx(1e-3, rel=1e-3), "warm-up capped at epochs - 1"
