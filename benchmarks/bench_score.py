@@ -37,7 +37,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from cardamage.active.pool import PoolPhoto
-    from cardamage.active.scoring import load_scorer, score_photos
+    from cardamage.active.scorer import load_scorer
+    from cardamage.active.scoring import score_photos
     from cardamage.config import ScoreParams, load_params
     from cardamage.data.dedup import file_sha256
     from cardamage.data.images import list_images, load_image

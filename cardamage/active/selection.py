@@ -353,7 +353,8 @@ def run_select(params: Params, budget: int | None = None, strategy: str | None =
     Raises:
         CardamageError: empty pool, unreadable pool, bad strategy or budget (one-line messages).
     """
-    from cardamage.active.scoring import checked_model_version, labelled_embeddings, load_scorer, run_score
+    from cardamage.active.scorer import load_scorer
+    from cardamage.active.scoring import checked_model_version, labelled_embeddings, run_score
 
     sp = params.select
     strategy = strategy or sp.strategy

@@ -86,7 +86,7 @@ def model_outputs(files: Sequence[Path], shas: Sequence[str], params: Params,
     import dataclasses
 
     from cardamage.active.pool import PoolPhoto
-    from cardamage.active.scoring import iter_batches, load_scorer, reduction_tag, score_batch
+    from cardamage.active.scorer import iter_batches, load_scorer, reduction_tag, score_batch
     from cardamage.model.io import read_model_info
 
     version = read_model_info(params.score.model_path).model_version

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cardamage.active.clusters import PoolClusters
-from cardamage.active.scoring import score_batch, valid_mask
+from cardamage.active.scorer import score_batch, valid_mask
 from cardamage.active.strategies import uncertainty_names
 from cardamage.config import Params
 from cardamage.data.annotations import Instance

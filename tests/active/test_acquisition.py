@@ -76,7 +76,7 @@ def test_valid_mask_ignores_padding():
 
 
 def test_damage_reduction_uses_argmax():
-    from cardamage.active.scoring import score_batch
+    from cardamage.active.scorer import score_batch
     from cardamage.config import ScoreParams
 
     probs = _probs((0.4, 0.6), (0.9, 0.1))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from cardamage.active.balance import class_shares, dominant_class, round_robin
 from cardamage.active.regions import select_regions
-from cardamage.active.scoring import score_batch
+from cardamage.active.scorer import score_batch
 from cardamage.active.selection import select_batch
 from cardamage.active.strategies import SelectContext
 from cardamage.config import ScoreParams

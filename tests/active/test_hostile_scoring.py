@@ -182,7 +182,7 @@ def test_budget_zero_is_refused_before_anything_loads(tmp_path):
 
 
 def _fake_scorer(calls: list[int], fail_after: int | None = None):
-    from cardamage.active.scoring import Scorer
+    from cardamage.active.scorer import Scorer
 
     def predict(images):
         if fail_after is not None and len(calls) >= fail_after:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE
 
-from cardamage.active import scoring
+from cardamage.active import scorer, scoring
 from cardamage.active.pool import PoolPhoto
 from cardamage.config import ScoreParams
 
@@ -20,7 +20,7 @@ def _photos(names=("11", "12", "28", "45", "60")) -> list[PoolPhoto]:
     return [PoolPhoto(SAMPLE / "test" / f"{n}.jpg", f"test/{n}.jpg", f"{int(n):064x}", "0" * 16) for n in names]
 
 
-def _fake_scorer(size: int = 32, calls: list | None = None) -> scoring.Scorer:
+def _fake_scorer(size: int = 32, calls: list | None = None) -> scorer.Scorer:
     """Probabilities from the mean brightness (brighter = more uncertain), 3-d embeddings."""
 
     def predict(images):
@@ -35,14 +35,14 @@ def _fake_scorer(size: int = 32, calls: list | None = None) -> scoring.Scorer:
         probs, _ = predict(images)
         return np.stack([probs] * t)
 
-    return scoring.Scorer(predict=predict, input_size=size, model_version="v1", sample=sample)
+    return scorer.Scorer(predict=predict, input_size=size, model_version="v1", sample=sample)
 
 
 def test_iter_batches_is_lazy_and_bounded(monkeypatch):
     loaded = []
-    real = scoring.load_image
-    monkeypatch.setattr(scoring, "load_image", lambda p: loaded.append(p) or real(p))
-    gen = scoring.iter_batches(_photos(), 32, batch_size=2)
+    real = scorer.load_image
+    monkeypatch.setattr(scorer, "load_image", lambda p: loaded.append(p) or real(p))
+    gen = scorer.iter_batches(_photos(), 32, batch_size=2)
     assert loaded == []  # a generator: nothing read before the first batch is asked for
     photos, images, valid = next(gen)
     assert len(loaded) == 2 and images.shape == (2, 32, 32, 3) and valid.all()
@@ -54,7 +54,7 @@ def test_letterbox_padding_is_not_valid(tmp_path):
 
     Image.new("RGB", (64, 32), (200, 10, 10)).save(tmp_path / "wide.png")
     photo = PoolPhoto(tmp_path / "wide.png", "wide.png", "a" * 64, "0" * 16)
-    _, images, valid = next(scoring.iter_batches([photo], 32))
+    _, images, valid = next(scorer.iter_batches([photo], 32))
     assert valid[0, 8:24].all() and not valid[0, :8].any() and not valid[0, 24:].any()
     assert images[0, 0].max() == 0  # padding is black, as in training
 
@@ -64,7 +64,7 @@ def test_score_batch_columns():
     probs[..., 0] = 1.0
     probs[0, :3, :3] = [0.2, 0.8]  # one 9-pixel damage region in image 0
     valid = np.ones((2, 8, 8), bool)
-    cols = scoring.score_batch(probs, valid, ScoreParams(min_instance_px=4, reduction="mean"))
+    cols = scorer.score_batch(probs, valid, ScoreParams(min_instance_px=4, reduction="mean"))
     assert cols["instance_count"].tolist() == [1, 0]
     np.testing.assert_allclose(cols["damaged_share"], [9 / 64, 0.0])
     assert cols["entropy"][0] > cols["entropy"][1] == 0.0 and "bald" not in cols
@@ -212,8 +212,8 @@ def test_score_batch_can_compute_only_the_columns_a_caller_reads():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([1.0, 1.0], size=(2, 8, 8)).astype(np.float32)
     valid = np.ones((2, 8, 8), bool)
-    full = scoring.score_batch(probs, valid, ScoreParams())
-    part = scoring.score_batch(probs, valid, ScoreParams(), only=["entropy"])
+    full = scorer.score_batch(probs, valid, ScoreParams())
+    part = scorer.score_batch(probs, valid, ScoreParams(), only=["entropy"])
     assert {"entropy", "entropy_cells", "damaged_share", "instance_count", "class_shares"} <= set(part)
     assert "margin" not in part and "margin" in full
     np.testing.assert_array_equal(part["entropy"], full["entropy"])

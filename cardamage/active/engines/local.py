@@ -6,7 +6,8 @@ import os
 from collections.abc import Iterator, Sequence
 
 from cardamage.active.pool import PoolPhoto
-from cardamage.active.scoring import ScoredBatch, Scorer, iter_batches, load_scorer, score_batch
+from cardamage.active.scorer import Scorer, iter_batches, load_scorer, score_batch
+from cardamage.active.scoring import ScoredBatch
 from cardamage.config import ScoreParams
 
 

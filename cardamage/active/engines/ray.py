@@ -2,7 +2,7 @@
 
 The pool is a Ray Dataset of photo paths; ``map_batches`` runs a class-based UDF, so each actor
 loads the model once and scores batches of ``score.batch_size`` photos with the same code as the
-local engine (:func:`cardamage.active.scoring.iter_batches`, ``score_batch``, the model's embeddings).
+local engine (:func:`cardamage.active.scorer.iter_batches`, ``score_batch``, the model's embeddings).
 The engine yields the rows back in pool order as :class:`~cardamage.active.scoring.ScoredBatch`;
 the scoring pipeline writes them, so the table equals the local engine's up to float rounding
 (and MC-dropout noise when ``score.mc_samples > 0``).
