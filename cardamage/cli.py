@@ -291,8 +291,8 @@ def backbone_import(params: Params, source: str, out_dir: str, weights: str | No
 @with_params
 def prepare(params: Params, out_dir: str | None) -> None:
     """Merge the sample and the Label Studio labels into one dataset with a stable train/val split."""
-    from cardamage.data.prepare import format_report, summary_metrics
     from cardamage.data.prepare import prepare as run_prepare
+    from cardamage.data.prepare_report import format_report, summary_metrics
     from cardamage.fileio import write_json
 
     result = run_prepare(params, out_dir=out_dir)

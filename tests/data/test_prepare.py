@@ -24,8 +24,8 @@ from cardamage.data.prepare import (
     in_test_split,
     manifest_csv,
     prepare,
-    summary_metrics,
 )
+from cardamage.data.prepare_report import summary_metrics
 
 SQUARE = {"name": "polygon", "all_points_x": [100, 400, 400, 100], "all_points_y": [100, 100, 400, 400]}
 
