@@ -66,3 +66,17 @@ def test_a_missing_or_mismatched_teacher_is_refused(tmp_path, tiny_model_file):
     params.train.pseudo_teacher, params.data.classes = str(tiny_model_file), ["dent", "scratch"]
     with pytest.raises(Exception, match="dent"):
         add_pseudo_labels(params, tf.data.Dataset.range(0), 0, [])
+
+
+def test_repeated_labelled_photos_do_not_draw_more_pseudo_labels(unlabelled_pool, tiny_model_file):
+    """With class-balanced repeats the labelled set shows 6 elements an epoch for 2 photos: the pseudo-label
+    draw follows the 2 photos (pseudo_ratio x 2), the epoch length counts the 6."""
+    params = Params()
+    params.train.pseudo_teacher, params.train.pseudo_ratio = str(tiny_model_file), 1.0
+    params.model.input_size = 48
+    photos = sorted(p for p in unlabelled_pool.glob("*.jpg") if p.name != "broken.jpg")
+    labelled = tf.data.Dataset.range(6).map(
+        lambda i: (tf.zeros((48, 48, 3), tf.uint8), tf.zeros((48, 48), tf.uint8), i))
+    out = add_pseudo_labels(params, labelled, 2, photos, per_epoch=6)
+    assert out.card["photos"] == 2 and out.count == 8
+    assert sum(1 for _ in out.dataset) == 8
