@@ -38,7 +38,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
         f"simulate.rounds={args.rounds}", f"simulate.cache_dir={out / 'cache'}",
         f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
-        f"simulate.plot={out / 'active_learning.png'}"]
+        f"simulate.plot={out / 'active_learning.png'}", f"simulate.target_metric={args.metric}"]
 
 
 def table(result: dict) -> str:
@@ -55,13 +55,24 @@ def table(result: dict) -> str:
         rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(curve['effort'][-1])} "
                     f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} |")
     ref, noise = result.get("full_pool"), result.get("noise_floor")
+    metric = result.get("target_metric", "mean_iou")
     if ref:
-        rows.append(f"\nwhole pool ({ref['labelled']} photos): mean IoU {ref['mean_iou']:.4f}; target "
-                    f"{result['target_fraction']:.0%} = {result['target_mean_iou']:.4f}")
+        rows.append(f"\nwhole pool ({ref['labelled']} photos): {metric} {ref[metric]:.4f}; target "
+                    f"{result['target_fraction']:.0%} = {result.get('target', result.get('target_mean_iou')):.4f}")
     if noise:
-        rows.append(f"noise floor (random over seeds, max-min mean IoU per round): mean "
+        rows.append(f"noise floor (random over seeds, max-min {metric} per round): mean "
                     f"{noise['mean_seed_spread']:.4f}, largest {noise['max_seed_spread']:.4f}")
     return "\n".join(rows)
+
+
+def summary_only(args: argparse.Namespace) -> int:
+    """The table of the saved state (every arm and seed run so far), for ``args.metric``."""
+    from cardamage.active.simulate_results import summarise
+
+    state = json.loads((args.out / "state.json").read_text())
+    arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
+    print(table(summarise(state, arms, 0.95, complete=False, metric=args.metric)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
+    p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
+                   help="target metric (simulate.target_metric)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="print the table from OUT/state.json as it stands (no training; any --metric)")
     args = p.parse_args(argv)
+    if args.summary_only:
+        return summary_only(args)
     if not (args.dataset / "train" / "_annotations.coco.json").is_file():
         print(f"{args.dataset}: bilgi-car-damage not found (see ../shared/datasets/README.md)", file=sys.stderr)
         return 2

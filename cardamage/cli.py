@@ -236,7 +236,8 @@ def select(params: Params, budget: int | None, strategy: str | None, seed: int |
 @with_params
 def simulate(params: Params, max_rounds: int | None, fresh: bool) -> None:
     """Simulate active learning on the labelled training split (oracle) and compare strategies."""
-    from cardamage.active.simulate import format_summary, run_simulation
+    from cardamage.active.simulate import run_simulation
+    from cardamage.active.simulate_results import format_summary
 
     result = run_simulation(params, max_rounds=max_rounds, fresh=fresh)
     click.echo(format_summary(result))

@@ -69,6 +69,7 @@ class SimulateParams:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     mc_samples: int = 8
     target_fraction: float = 0.95
+    target_metric: Literal["damage_iou", "mean_iou"] = "damage_iou"
     region_strategies: list[str] = field(default_factory=list, metadata={"choices": "strategies"})
     task_cost: float = 0.1
     pseudo_arms: list[str] = field(default_factory=list)

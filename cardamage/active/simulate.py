@@ -8,9 +8,10 @@ A fully labelled pool plays the oracle. For every strategy and seed::
     train and evaluate once more
 
 The result (``simulate.out``) holds every curve, a model trained on the whole pool as the
-reference, and per strategy the number of labels at which the mean curve first reaches
-``target_fraction`` of the whole-pool mean IoU; ``simulate.plot`` draws mean IoU against labelled
-photos, one line per strategy with a min-max band over the seeds.
+reference, and per strategy the labelling effort at which the mean curve first reaches
+``target_fraction`` of the whole-pool model's ``target_metric`` (damage IoU by default);
+``simulate.plot`` draws that metric against effort, one line per strategy with a min-max band over
+the seeds (:mod:`cardamage.active.simulate_results`).
 
 Affordable on 2 CPU cores because the backbone is FROZEN (the learner is
 :mod:`cardamage.model.frozen`): its feature pyramid (strides 4, 8, 16, 32) and pooled embedding
@@ -36,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +53,12 @@ from cardamage.active.simulate_regions import (
     labelled_masks,
     select_regions_round,
 )
+from cardamage.active.simulate_results import plot_curves, summarise
 from cardamage.active.strategies import MC_SAMPLES, ScoreBatch, SelectContext, get_strategy, strategy_names
 from cardamage.config import Params
 from cardamage.data.reviewed import IGNORE_INDEX
 from cardamage.errors import BadInputError, BadParameterError
-from cardamage.fileio import atomic_path, write_json
+from cardamage.fileio import write_json
 from cardamage.model.frozen import FeatureBank, HeadTrainer, backbone_config, evaluate_head, load_bank, predict_head
 
 if TYPE_CHECKING:
@@ -274,127 +275,7 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
             run_one(params, state, state_path, trainer, arm, seed, pool, val, max_rounds)
     complete = max_rounds is None or max_rounds >= sim.rounds
     strategies = list(dict.fromkeys([*arms, *(r["strategy"] for r in state["runs"].values())]))
-    result = summarise(state, strategies, sim.target_fraction, complete)
+    result = summarise(state, strategies, sim.target_fraction, complete, sim.target_metric)
     write_json(sim.out, result)
     plot_curves(result, sim.plot)
     return result
-
-
-# ----------------------------------------------------------------------------- results
-
-def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
-              complete: bool = True) -> dict[str, Any]:
-    """Curves per strategy (mean, std, min, max over seeds) and labels needed to reach the target.
-
-    ``labels_to_target[s]`` is the smallest number of labelled photos at which the seed-mean mean IoU
-    of strategy ``s`` is >= ``fraction`` x the whole-pool mean IoU (``None``: not reached).
-    """
-    ref = state.get("full_pool")
-    target = fraction * ref["mean_iou"] if ref else None
-    curves: dict[str, Any] = {}
-    to_target: dict[str, Any] = {}
-    effort_to: dict[str, Any] = {}
-    tasks_to: dict[str, Any] = {}
-    per_seed: dict[str, Any] = {}
-    for strategy in strategies:
-        runs = [r for r in state["runs"].values() if r["strategy"] == strategy and r["history"]]
-        if not runs:
-            continue
-        n_rounds = min(len(r["history"]) for r in runs)
-        miou = np.array([[h["mean_iou"] for h in r["history"][:n_rounds]] for r in runs])
-        dmg = np.array([[h["damage_iou"] for h in r["history"][:n_rounds]] for r in runs])
-        labelled = [h["labelled"] for h in runs[0]["history"][:n_rounds]]
-        run_effort = np.array([[h.get("effort", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs])
-        effort = run_effort.mean(0)
-        tasks = np.array([[h.get("tasks", h["labelled"]) for h in r["history"][:n_rounds]] for r in runs]).mean(0)
-        curves[strategy] = {"labelled": labelled, "effort": _round(effort), "tasks": _round(tasks),
-                            "mean_iou": _round(miou.mean(0)), "std": _round(miou.std(0)),
-                            "min": _round(miou.min(0)), "max": _round(miou.max(0)),
-                            "damage_iou": _round(dmg.mean(0)), "seeds": [r["seed"] for r in runs],
-                            "per_seed": {str(r["seed"]): _round(m) for r, m in zip(runs, miou)}}
-        k = _first_reaching(miou.mean(0), target)
-        to_target[strategy] = labelled[k] if k is not None else None
-        effort_to[strategy] = round(float(effort[k]), 2) if k is not None else None
-        tasks_to[strategy] = round(float(tasks[k]), 1) if k is not None else None
-        seed_hits = [_first_reaching(m, target) for m in miou]
-        per_seed[strategy] = {str(r["seed"]): round(float(e[j]), 2) if j is not None else None
-                              for r, e, j in zip(runs, run_effort, seed_hits)}
-    base, base_effort = to_target.get("random"), effort_to.get("random")
-    relative = {s: (round(n / base, 3) if n and base else None) for s, n in to_target.items()}
-    effort_rel = {s: (round(e / base_effort, 3) if e and base_effort else None) for s, e in effort_to.items()}
-    noise = curves.get("random", {})
-    return {"config": state["config"], "complete": complete, "full_pool": ref, "target_fraction": fraction,
-            "target_mean_iou": round(target, 4) if target is not None else None, "curves": curves,
-            "labels_to_target": to_target, "labels_relative_to_random": relative,
-            "effort_to_target": effort_to, "tasks_to_target": tasks_to, "effort_relative_to_random": effort_rel,
-            "effort_to_target_per_seed": per_seed,
-            "noise_floor": _noise_floor(noise)}
-
-
-def _first_reaching(curve: np.ndarray, target: float | None) -> int | None:
-    """First round whose mean IoU in ``curve [R]`` is >= ``target`` (``None``: none, or no target)."""
-    hits = np.flatnonzero(curve >= target) if target is not None else []
-    return int(hits[0]) if len(hits) else None
-
-
-def _noise_floor(random_curve: dict[str, Any]) -> dict[str, float] | None:
-    """The spread of the random arm over seeds (mean and largest max-min of validation mean IoU per round)."""
-    if not random_curve:
-        return None
-    spread = np.array(random_curve["max"]) - np.array(random_curve["min"])
-    return {"mean_seed_spread": round(float(spread.mean()), 4), "max_seed_spread": round(float(spread.max()), 4)}
-
-
-def _round(values: np.ndarray) -> list[float]:
-    return [round(float(v), 4) for v in values]
-
-
-def plot_curves(result: dict[str, Any], path: str) -> None:
-    """Validation mean IoU against labelled photos: one line + min-max band per strategy (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in result["curves"].items():
-        x = curve.get("effort", curve["labelled"])
-        (line,) = ax.plot(x, curve["mean_iou"], marker="o", label=f"{name} ({len(curve['seeds'])} seeds)")
-        ax.fill_between(x, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
-    ref = result.get("full_pool")
-    if ref:
-        ax.axhline(ref["mean_iou"], color="black", lw=1, label=f"whole pool ({ref['labelled']} photos)")
-        ax.axhline(result["target_mean_iou"], color="grey", ls="--", lw=1,
-                   label=f"{result['target_fraction']:.0%} of whole pool")
-    ax.set_xlabel("labelling effort (photos; a region = its share of the photo + the task cost)")
-    ax.set_ylabel("validation mean IoU")
-    ax.set_title("Active learning: mean over seeds, band = min-max")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def format_summary(result: dict[str, Any]) -> str:
-    """A plain-text table: final mean IoU, effort (and tasks) to reach the target per arm, vs random."""
-    ref = result.get("full_pool")
-    lines = []
-    if ref:
-        lines.append(f"whole pool ({ref['labelled']} photos): mean IoU {ref['mean_iou']:.4f}; "
-                     f"target {result['target_fraction']:.0%} = {result['target_mean_iou']:.4f}")
-    lines.append(f"{'arm':<20} {'final mIoU':>10} {'effort to target':>17} {'tasks':>7} {'vs random':>10}")
-    efforts = result.get("effort_to_target", {})
-    for name, curve in result["curves"].items():
-        effort = efforts.get(name)
-        rel = result.get("effort_relative_to_random", {}).get(name)
-        reached = f"{effort:g}" if effort else f"> {curve.get('effort', curve['labelled'])[-1]:g}"
-        tasks = result.get("tasks_to_target", {}).get(name)
-        lines.append(f"{name:<20} {curve['mean_iou'][-1]:>10.4f} {reached:>17} {(f'{tasks:g}' if tasks else '-'):>7} "
-                     f"{(f'{rel:.0%}' if rel else '-'):>10}")
-    noise = result.get("noise_floor")
-    if noise:
-        lines.append(f"noise floor (random over seeds, max-min of mean IoU): mean {noise['mean_seed_spread']:.4f}, "
-                     f"largest {noise['max_seed_spread']:.4f}")
-    return "\n".join(lines)

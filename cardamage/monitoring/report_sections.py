@@ -277,6 +277,8 @@ def active_learning_table(result: dict[str, Any]) -> str:
     curves = result.get("curves") or {}
     if not curves:
         return ""
+    metric = result.get("target_metric", "mean_iou")
+    name = {"mean_iou": "mean IoU", "damage_iou": "damage IoU"}.get(metric, metric)
     efforts, tasks = result.get("effort_to_target") or {}, result.get("tasks_to_target") or {}
     relative = result.get("effort_relative_to_random") or {}
     per_seed = result.get("effort_to_target_per_seed") or {}
@@ -284,17 +286,18 @@ def active_learning_table(result: dict[str, Any]) -> str:
     for arm, curve in curves.items():
         last = (curve.get("effort") or curve.get("labelled") or [None])[-1]
         reached = efforts.get(arm)
-        rows.append([arm, len(curve.get("seeds") or []), num((curve.get("mean_iou") or [None])[-1]),
+        rows.append([arm, len(curve.get("seeds") or []), num((curve.get(metric) or [None])[-1]),
                      num(reached, 1) if reached else f"not reached (> {num(last, 1)})",
                      _seed_band(per_seed.get(arm) or {}, last),
                      num(tasks.get(arm), 0) if tasks.get(arm) else "-",
                      f"{relative[arm]:.0%}" if relative.get(arm) else "-"])
     noise = result.get("noise_floor") or {}
-    note = (f"<p>Target: {num(result.get('target_fraction'), 2)} of the whole-pool mean IoU "
-            f"({num(result.get('target_mean_iou'), 4)}). Effort: a photo = 1 + the task cost, a region = its "
-            "crop's share of the photo + the task cost. Noise floor (random over seeds, max-min of mean IoU): "
-            f"mean {num(noise.get('mean_seed_spread'), 4)}, largest {num(noise.get('max_seed_spread'), 4)}.</p>")
-    header = ["arm", "seeds", "final mean IoU", "effort to target", "per seed", "tasks", "vs random"]
+    note = (f"<p>Target: {num(result.get('target_fraction'), 2)} of the whole-pool model's validation {name} "
+            f"({num(result.get('target', result.get('target_mean_iou')), 4)}). Effort: a photo = 1 + the task "
+            "cost, a region = its crop's share of the photo + the task cost. Noise floor (random over seeds, "
+            f"max-min of {name}): mean {num(noise.get('mean_seed_spread'), 4)}, largest "
+            f"{num(noise.get('max_seed_spread'), 4)}.</p>")
+    header = ["arm", "seeds", f"final {name}", "effort to target", "per seed", "tasks", "vs random"]
     return note + grid(header, rows)
 
 

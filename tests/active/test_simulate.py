@@ -10,6 +10,7 @@ import pytest
 from conftest import SAMPLE
 
 from cardamage.active import simulate as sim
+from cardamage.active import simulate_results as results
 from cardamage.config import load_params
 
 
@@ -61,10 +62,11 @@ def test_result_json_and_plot(stopped_and_resumed):
     assert written["curves"].keys() == {"random", "hybrid"}
     curve = written["curves"]["hybrid"]
     assert len(curve["mean_iou"]) == 3 and curve["seeds"] == [0, 1]
-    assert all(lo <= m <= hi for lo, m, hi in zip(curve["min"], curve["mean_iou"], curve["max"]))
+    assert written["target_metric"] == "damage_iou", "the default: the issue's goal is on damage IoU"
+    assert all(lo <= m <= hi for lo, m, hi in zip(curve["min"], curve["damage_iou"], curve["max"]))
     assert set(written["labels_to_target"]) == {"random", "hybrid"}
     assert (tmp / "al.png").stat().st_size > 10_000
-    assert "random" in sim.format_summary(full)
+    assert "random" in results.format_summary(full)
 
 
 def test_more_rounds_extend_a_finished_run(stopped_and_resumed):
@@ -107,12 +109,34 @@ def test_summary_labels_to_target_on_a_crafted_state():
     state = {"config": {}, "full_pool": {"mean_iou": 0.8, "labelled": 100},
              "runs": {"a": run("random", 0, [0.5, 0.6, 0.7, 0.77]), "b": run("random", 1, [0.5, 0.6, 0.7, 0.74]),
                       "c": run("entropy", 0, [0.5, 0.77, 0.8, 0.8]), "d": run("entropy", 1, [0.5, 0.75, 0.8, 0.8])}}
-    out = sim.summarise(state, ["random", "entropy"], 0.95)
-    assert out["target_mean_iou"] == pytest.approx(0.76)
+    out = results.summarise(state, ["random", "entropy"], 0.95)
+    assert out["target"] == pytest.approx(0.76) and out["target_metric"] == "mean_iou"
     assert out["labels_to_target"] == {"random": None, "entropy": 20}
     state["runs"]["b"]["history"][3]["mean_iou"] = 0.79
-    out = sim.summarise(state, ["random", "entropy"], 0.95)
+    out = results.summarise(state, ["random", "entropy"], 0.95)
     assert out["labels_to_target"]["random"] == 40 and out["labels_relative_to_random"]["entropy"] == 0.5
+
+
+def test_the_target_can_be_damage_iou_with_its_own_bands():
+    def run(strategy, seed, miou, dmg):
+        return {"strategy": strategy, "seed": seed,
+                "history": [{"labelled": 10 * (i + 1), "mean_iou": m, "damage_iou": d}
+                            for i, (m, d) in enumerate(zip(miou, dmg))]}
+
+    state = {"config": {}, "full_pool": {"mean_iou": 0.6, "damage_iou": 0.4, "labelled": 100},
+             "runs": {"a": run("random", 0, [0.58, 0.6], [0.30, 0.39]),
+                      "b": run("random", 1, [0.58, 0.6], [0.32, 0.37]),
+                      "c": run("entropy", 0, [0.5, 0.5], [0.385, 0.39])}}
+    by_mean = results.summarise(state, ["random", "entropy"], 0.95)
+    by_damage = results.summarise(state, ["random", "entropy"], 0.95, metric="damage_iou")
+    assert by_mean["labels_to_target"] == {"random": 10, "entropy": None}, "mean IoU: random is there at once"
+    assert by_damage["target"] == pytest.approx(0.38) and by_damage["target_metric"] == "damage_iou"
+    assert by_damage["labels_to_target"] == {"random": 20, "entropy": 10}
+    assert by_damage["effort_to_target_per_seed"]["random"] == {"0": 20.0, "1": None}
+    assert by_damage["curves"]["random"]["min"] == [0.30, 0.37] and by_damage["noise_floor"]["max_seed_spread"] == 0.02
+    assert "damage IoU 0.4000" in results.format_summary(by_damage)
+    with pytest.raises(results.BadParameterError, match="simulate.target_metric"):
+        results.summarise(state, ["random"], 0.95, metric="pixel_accuracy")
 
 
 def test_a_region_arm_spends_the_same_effort_on_crops(stopped_and_resumed):
@@ -137,7 +161,7 @@ def test_a_region_arm_spends_the_same_effort_on_crops(stopped_and_resumed):
     assert run["history"][-1]["tasks"] == 4 + len(cells)
     curve = result["curves"]["entropy@region"]
     assert curve["effort"] == efforts and "effort_to_target" in result and result["noise_floor"] is not None
-    assert "entropy@region" in sim.format_summary(result)
+    assert "entropy@region" in results.format_summary(result)
 
     pool = sim.load_bank(params, ["train"], 12)
     index, masks = labelled_masks(pool, run["labelled"], run["regions"], 4, 0.25)

@@ -238,7 +238,7 @@ def test_page_renders_with_its_pictures_in_headless_chromium(tmp_path):
 
 
 def test_active_learning_table_gives_effort_to_target_against_random():
-    from cardamage.active.simulate import summarise
+    from cardamage.active.simulate_results import summarise
     from cardamage.monitoring import report_sections as sec
 
     def run(arm, seed, values, step):
