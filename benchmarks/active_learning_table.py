@@ -68,10 +68,12 @@ def table(result: dict) -> str:
 def summary_only(args: argparse.Namespace) -> int:
     """The table of the saved state (every arm and seed run so far), for ``args.metric``."""
     from cardamage.active.simulate_results import summarise
+    from cardamage.config import load_params
 
     state = json.loads((args.out / "state.json").read_text())
     arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
-    print(table(summarise(state, arms, 0.95, complete=False, metric=args.metric)))
+    fraction = load_params().simulate.target_fraction  # what `cardamage simulate` read, from the same folder
+    print(table(summarise(state, arms, fraction, complete=False, metric=args.metric)))
     return 0
 
 

@@ -275,7 +275,7 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
             run_one(params, state, state_path, trainer, arm, seed, pool, val, max_rounds)
     complete = max_rounds is None or max_rounds >= sim.rounds
     strategies = list(dict.fromkeys([*arms, *(r["strategy"] for r in state["runs"].values())]))
-    result = summarise(state, strategies, sim.target_fraction, complete, sim.target_metric)
+    result = summarise(state, strategies, sim.target_fraction, complete, metric=sim.target_metric)
     write_json(sim.out, result)
     plot_curves(result, sim.plot)
     return result

@@ -21,7 +21,7 @@ METRICS = {"mean_iou": "mean IoU", "damage_iou": "damage IoU"}
 
 
 def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
-              complete: bool = True, metric: str = "mean_iou") -> dict[str, Any]:
+              complete: bool = True, *, metric: str) -> dict[str, Any]:
     """Curves per strategy (mean, std, min, max over seeds) and labels needed to reach the target.
 
     ``labels_to_target[s]`` is the smallest number of labelled photos at which the seed mean of

@@ -277,8 +277,10 @@ def active_learning_table(result: dict[str, Any]) -> str:
     curves = result.get("curves") or {}
     if not curves:
         return ""
+    from cardamage.active.simulate_results import METRICS
+
     metric = result.get("target_metric", "mean_iou")
-    name = {"mean_iou": "mean IoU", "damage_iou": "damage IoU"}.get(metric, metric)
+    name = METRICS.get(metric, metric)
     efforts, tasks = result.get("effort_to_target") or {}, result.get("tasks_to_target") or {}
     relative = result.get("effort_relative_to_random") or {}
     per_seed = result.get("effort_to_target_per_seed") or {}

@@ -109,11 +109,11 @@ def test_summary_labels_to_target_on_a_crafted_state():
     state = {"config": {}, "full_pool": {"mean_iou": 0.8, "labelled": 100},
              "runs": {"a": run("random", 0, [0.5, 0.6, 0.7, 0.77]), "b": run("random", 1, [0.5, 0.6, 0.7, 0.74]),
                       "c": run("entropy", 0, [0.5, 0.77, 0.8, 0.8]), "d": run("entropy", 1, [0.5, 0.75, 0.8, 0.8])}}
-    out = results.summarise(state, ["random", "entropy"], 0.95)
+    out = results.summarise(state, ["random", "entropy"], 0.95, metric="mean_iou")
     assert out["target"] == pytest.approx(0.76) and out["target_metric"] == "mean_iou"
     assert out["labels_to_target"] == {"random": None, "entropy": 20}
     state["runs"]["b"]["history"][3]["mean_iou"] = 0.79
-    out = results.summarise(state, ["random", "entropy"], 0.95)
+    out = results.summarise(state, ["random", "entropy"], 0.95, metric="mean_iou")
     assert out["labels_to_target"]["random"] == 40 and out["labels_relative_to_random"]["entropy"] == 0.5
 
 
@@ -127,7 +127,7 @@ def test_the_target_can_be_damage_iou_with_its_own_bands():
              "runs": {"a": run("random", 0, [0.58, 0.6], [0.30, 0.39]),
                       "b": run("random", 1, [0.58, 0.6], [0.32, 0.37]),
                       "c": run("entropy", 0, [0.5, 0.5], [0.385, 0.39])}}
-    by_mean = results.summarise(state, ["random", "entropy"], 0.95)
+    by_mean = results.summarise(state, ["random", "entropy"], 0.95, metric="mean_iou")
     by_damage = results.summarise(state, ["random", "entropy"], 0.95, metric="damage_iou")
     assert by_mean["labels_to_target"] == {"random": 10, "entropy": None}, "mean IoU: random is there at once"
     assert by_damage["target"] == pytest.approx(0.38) and by_damage["target_metric"] == "damage_iou"

@@ -251,7 +251,7 @@ def test_active_learning_table_gives_effort_to_target_against_random():
                       "b": run("random", 1, [0.5, 0.6, 0.77, 0.78], 11.0),
                       "c": run("entropy@region", 0, [0.5, 0.77, 0.8, 0.8], 16.5),
                       "d": run("entropy@region", 1, [0.5, 0.76, 0.8, 0.8], 16.5)}}
-    result = summarise(state, ["random", "entropy@region"], 0.95)
+    result = summarise(state, ["random", "entropy@region"], 0.95, metric="mean_iou")
     assert result["effort_to_target"] == {"random": 44.0, "entropy@region": 27.5}
     assert result["effort_relative_to_random"]["entropy@region"] == 0.625
     assert result["noise_floor"]["max_seed_spread"] == 0.07
