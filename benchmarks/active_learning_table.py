@@ -36,15 +36,22 @@ def overrides(args: argparse.Namespace) -> list[str]:
         "simulate.backbone=efficientnetlite_b0", f"simulate.backbone_preset={args.preset}",
         f"simulate.strategies={_list(args.strategies)}", f"simulate.region_strategies={_list(args.region_strategies)}",
         f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
-        f"simulate.rounds={args.rounds}", f"simulate.cache_dir={out / 'cache'}",
+        f"simulate.rounds={args.rounds}", f"simulate.budget={args.budget}",
+        f"simulate.cache_dir={args.cache or out / 'cache'}",
         f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
         f"simulate.plot={out / 'active_learning.png'}", f"simulate.target_metric={args.metric}"]
 
 
-def table(result: dict) -> str:
-    """Markdown table of effort to target per arm, with each seed's crossing as the band."""
-    rows = ["| arm | seeds | effort to target (seed mean) | band over seeds | tasks | vs random photos |",
-            "|---|---:|---:|---|---:|---:|"]
+def table(result: dict, baseline: float | None = None) -> str:
+    """Markdown table of effort to target per arm, with each seed's crossing as the band.
+
+    "interpolated" is the seed-mean curve's crossing, linear between rounds; its ratio is to this run's
+    random arm, or to ``baseline`` (the random arm of a run with larger rounds, :func:`baseline_random`).
+    """
+    rows = ["| arm | seeds | effort to target (seed mean) | band over seeds | tasks | vs random photos "
+            "| interpolated | vs random (interpolated) |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+    interp = result.get("effort_to_target_interpolated", {})
+    base = baseline or interp.get("random")
     per_seed = result.get("effort_to_target_per_seed", {})
     for arm, curve in result["curves"].items():
         effort = result["effort_to_target"].get(arm)
@@ -53,16 +60,43 @@ def table(result: dict) -> str:
         rel = result["effort_relative_to_random"].get(arm)
         tasks = result["tasks_to_target"].get(arm)
         rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(curve['effort'][-1])} "
-                    f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} |")
+                    f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} "
+                    f"| {_opt(interp.get(arm), '{:g}')} "
+                    f"| {_opt(interp.get(arm) / base if interp.get(arm) and base else None, '{:.2f}x')} |")
     ref, noise = result.get("full_pool"), result.get("noise_floor")
     metric = result.get("target_metric", "mean_iou")
     if ref:
         rows.append(f"\nwhole pool ({ref['labelled']} photos): {metric} {ref[metric]:.4f}; target "
                     f"{result['target_fraction']:.0%} = {result.get('target', result.get('target_mean_iou')):.4f}")
+    if baseline:
+        rows.append(f"random whole photos, from the baseline run (larger rounds): {baseline:g} effort")
     if noise:
         rows.append(f"noise floor (random over seeds, max-min {metric} per round): mean "
                     f"{noise['mean_seed_spread']:.4f}, largest {noise['max_seed_spread']:.4f}")
     return "\n".join(rows)
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return fmt.format(value) if value else "-"
+
+
+def baseline_random(state: dict, folder: Path, fraction: float, metric: str) -> float | None:
+    """Interpolated effort at which the random arm of the run in ``folder`` reaches this run's target.
+
+    Random picks do not depend on the model, so a run with larger rounds (``simulate.budget``) traces
+    the same curve further for less training; every other setting must match. The target is this
+    run's whole-pool reference, so both arms are judged against one figure.
+    """
+    from cardamage.active.simulate_results import summarise
+
+    other = json.loads((folder / "state.json").read_text())
+    differ = sorted(k for k in set(state["config"]) | set(other["config"])
+                    if k not in ("rounds", "budget") and state["config"].get(k) != other["config"].get(k))
+    if differ:
+        raise SystemExit(f"{folder}: not the same simulation as this one (differs in {', '.join(differ)})")
+    other["full_pool"] = state["full_pool"]
+    result = summarise(other, ["random"], fraction, complete=False, metric=metric)
+    return result["effort_to_target_interpolated"].get("random")
 
 
 def summary_only(args: argparse.Namespace) -> int:
@@ -73,7 +107,8 @@ def summary_only(args: argparse.Namespace) -> int:
     state = json.loads((args.out / "state.json").read_text())
     arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
     fraction = load_params().simulate.target_fraction  # what `cardamage simulate` read, from the same folder
-    print(table(summarise(state, arms, fraction, complete=False, metric=args.metric)))
+    baseline = baseline_random(state, args.baseline, fraction, args.metric) if args.baseline else None
+    print(table(summarise(state, arms, fraction, complete=False, metric=args.metric), baseline))
     return 0
 
 
@@ -87,9 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pseudo-arms", nargs="*", default=[], help="arms that also train on pseudo-labels")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--budget", type=int, default=50, help="photos per round (simulate.budget)")
+    p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: OUT/cache)")
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="with --summary-only: a run of the random arm with larger rounds (--budget) whose "
+                        "interpolated crossing is the random baseline")
     p.add_argument("--summary-only", action="store_true",
                    help="print the table from OUT/state.json as it stands (no training; any --metric)")
     args = p.parse_args(argv)

@@ -38,6 +38,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     effort_to: dict[str, Any] = {}
     tasks_to: dict[str, Any] = {}
     per_seed: dict[str, Any] = {}
+    interpolated: dict[str, Any] = {}
     for strategy in strategies:
         runs = [r for r in state["runs"].values() if r["strategy"] == strategy and r["history"]]
         if not runs:
@@ -59,6 +60,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
         to_target[strategy] = labelled[k] if k is not None else None
         effort_to[strategy] = round(float(effort[k]), 2) if k is not None else None
         tasks_to[strategy] = round(float(tasks[k]), 1) if k is not None else None
+        interpolated[strategy] = crossing(effort, judged.mean(0), target)
         seed_hits = [_first_reaching(m, target) for m in judged]
         per_seed[strategy] = {str(r["seed"]): round(float(e[j]), 2) if j is not None else None
                               for r, e, j in zip(runs, run_effort, seed_hits)}
@@ -66,11 +68,14 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     relative = {s: (round(n / base, 3) if n and base else None) for s, n in to_target.items()}
     effort_rel = {s: (round(e / base_effort, 3) if e and base_effort else None) for s, e in effort_to.items()}
     noise = curves.get("random", {})
+    base_interp = interpolated.get("random")
+    interp_rel = {s: (round(e / base_interp, 3) if e and base_interp else None) for s, e in interpolated.items()}
     return {"config": state["config"], "complete": complete, "full_pool": ref, "target_metric": metric,
             "target_fraction": fraction, "target": round(target, 4) if target is not None else None, "curves": curves,
             "labels_to_target": to_target, "labels_relative_to_random": relative,
             "effort_to_target": effort_to, "tasks_to_target": tasks_to, "effort_relative_to_random": effort_rel,
-            "effort_to_target_per_seed": per_seed,
+            "effort_to_target_per_seed": per_seed, "effort_to_target_interpolated": interpolated,
+            "effort_interpolated_relative_to_random": interp_rel,
             "noise_floor": _noise_floor(noise)}
 
 
@@ -78,6 +83,22 @@ def _first_reaching(curve: np.ndarray, target: float | None) -> int | None:
     """First round whose value in ``curve [R]`` is >= ``target`` (``None``: none, or no target)."""
     hits = np.flatnonzero(curve >= target) if target is not None else []
     return int(hits[0]) if len(hits) else None
+
+
+def crossing(effort: np.ndarray, curve: np.ndarray, target: float | None) -> float | None:
+    """Effort at which ``curve [R]`` first reaches ``target``, linearly interpolated between that round
+    and the one before (in photos of effort, rounded to 0.1; ``None``: never reached, or no target).
+
+    The round-based figure (:func:`_first_reaching`) is an upper bound at the granularity of a round;
+    this one compares arms whose rounds have different sizes fairly.
+    """
+    k = _first_reaching(np.asarray(curve), target)
+    if k is None:
+        return None
+    if k == 0 or curve[k] == curve[k - 1]:
+        return round(float(effort[k]), 1)
+    share = (target - curve[k - 1]) / (curve[k] - curve[k - 1])
+    return round(float(effort[k - 1] + share * (effort[k] - effort[k - 1])), 1)
 
 
 def _noise_floor(random_curve: dict[str, Any]) -> dict[str, float] | None:

@@ -1,0 +1,51 @@
+"""The headline table of issue 13 (benchmarks/active_learning_table.py): interpolated crossings and a
+random baseline from a run with larger rounds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from active_learning_table import baseline_random, table  # noqa: E402
+
+from cardamage.active.simulate_results import crossing, summarise  # noqa: E402
+
+
+def test_crossing_is_linear_between_rounds_and_none_when_never_reached():
+    effort, curve = np.array([10.0, 20.0, 30.0]), np.array([0.2, 0.4, 0.6])
+    assert crossing(effort, curve, 0.5) == 25.0
+    assert crossing(effort, curve, 0.1) == 10.0, "reached at the first round: no earlier point to interpolate"
+    assert crossing(effort, curve, 0.7) is None and crossing(effort, curve, None) is None
+    assert crossing(effort, np.array([0.2, 0.6, 0.4]), 0.5) == 17.5, "the first crossing, not a later one"
+
+
+def _state(config: dict, arm: str, step: float, values: list[float], full: float = 0.5) -> dict:
+    history = [{"labelled": 10 + i, "effort": 10.0 + step * i, "tasks": 1, "mean_iou": v, "damage_iou": v}
+               for i, v in enumerate(values)]
+    return {"config": config, "full_pool": {"mean_iou": full, "damage_iou": full, "labelled": 99},
+            "runs": {f"{arm}/0": {"strategy": arm, "seed": 0, "history": history}}}
+
+
+def test_baseline_random_from_a_run_with_larger_rounds(tmp_path):
+    config = {"budget": 5, "rounds": 3, "input_size": 128}
+    main = _state(config, "entropy@region", 5.0, [0.1, 0.3, 0.5])  # target 0.475: crossed at 19.375
+    other = _state({**config, "budget": 50, "rounds": 2}, "random", 50.0, [0.1, 0.4, 0.55], full=0.9)
+    (tmp_path / "state.json").write_text(json.dumps(other))
+    base = baseline_random(main, tmp_path, 0.95, "damage_iou")
+    assert base == 85.0, "judged against this run's target (0.475), not the other run's whole pool"
+    text = table(summarise(main, ["entropy@region"], 0.95, complete=False, metric="damage_iou"), base)
+    assert "| 19.4 | 0.23x |" in text and "baseline run" in text
+
+
+def test_baseline_of_another_configuration_is_refused(tmp_path):
+    main = _state({"budget": 5, "input_size": 128}, "random", 5.0, [0.1, 0.5])
+    other = _state({"budget": 50, "input_size": 256}, "random", 50.0, [0.1, 0.5])
+    (tmp_path / "state.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="input_size"):
+        baseline_random(main, tmp_path, 0.95, "damage_iou")
