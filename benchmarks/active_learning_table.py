@@ -9,6 +9,16 @@ saved, so a killed run resumes where it stopped.
 
     python benchmarks/active_learning_table.py --out reports/al_bilgi --seeds 0 1 2 --rounds 8
 
+Random whole photos need far more effort than the other arms, and random picks do not depend on the
+model, so its curve can be traced further with larger rounds in a run of its own, then used as the
+baseline of the table (same configuration apart from ``budget`` and ``rounds``; crossings are
+interpolated linearly between rounds, so arms with rounds of different sizes compare fairly)::
+
+    python benchmarks/active_learning_table.py --out reports/al_random --strategies random \
+        --region-strategies --budget 150 --rounds 7 --cache reports/al_bilgi/cache
+    python benchmarks/active_learning_table.py --out reports/al_bilgi --summary-only \
+        --baseline reports/al_random
+
 Needs ``../shared/datasets/bilgi-car-damage`` and the ``import`` extra (the ImageNet backbone is
 imported into ``OUT/lite0_imagenet`` when missing). Several hours on 2 cores for 3 seeds.
 """
