@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")
     p.add_argument("--baseline", type=Path, default=None,
-                   help="with --summary-only: a run of the random arm with larger rounds (--budget) whose "
+                   help="a run of the random arm with larger rounds (--budget) whose "
                         "interpolated crossing is the random baseline")
     p.add_argument("--summary-only", action="store_true",
                    help="print the table from OUT/state.json as it stands (no training; any --metric)")
@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], log)
     cmd = [str(BIN), "simulate"] + _sets(overrides(args))
     run(cmd + (["--max-rounds", str(args.max_rounds)] if args.max_rounds is not None else []), log)
-    print(table(json.loads((args.out / "active_learning.json").read_text())))
+    result = json.loads((args.out / "active_learning.json").read_text())
+    state = json.loads((args.out / "state.json").read_text())
+    baseline = baseline_random(state, args.baseline, result["target_fraction"], args.metric) if args.baseline else None
+    print(table(result, baseline))
     return 0
 
 
