@@ -284,6 +284,8 @@ def active_learning_table(result: dict[str, Any]) -> str:
     efforts, tasks = result.get("effort_to_target") or {}, result.get("tasks_to_target") or {}
     relative = result.get("effort_relative_to_random") or {}
     per_seed = result.get("effort_to_target_per_seed") or {}
+    interp = result.get("effort_to_target_interpolated") or {}
+    interp_rel = result.get("effort_interpolated_relative_to_random") or {}
     rows = []
     for arm, curve in curves.items():
         last = (curve.get("effort") or curve.get("labelled") or [None])[-1]
@@ -292,14 +294,18 @@ def active_learning_table(result: dict[str, Any]) -> str:
                      num(reached, 1) if reached else f"not reached (> {num(last, 1)})",
                      _seed_band(per_seed.get(arm) or {}, last),
                      num(tasks.get(arm), 0) if tasks.get(arm) else "-",
-                     f"{relative[arm]:.0%}" if relative.get(arm) else "-"])
+                     f"{relative[arm]:.0%}" if relative.get(arm) else "-",
+                     num(interp[arm], 1) if interp.get(arm) else "-",
+                     f"{interp_rel[arm]:.0%}" if interp_rel.get(arm) else "-"])
     noise = result.get("noise_floor") or {}
     note = (f"<p>Target: {num(result.get('target_fraction'), 2)} of the whole-pool model's validation {name} "
             f"({num(result.get('target', result.get('target_mean_iou')), 4)}). Effort: a photo = 1 + the task "
             "cost, a region = its crop's share of the photo + the task cost. Noise floor (random over seeds, "
             f"max-min of {name}): mean {num(noise.get('mean_seed_spread'), 4)}, largest "
-            f"{num(noise.get('max_seed_spread'), 4)}.</p>")
-    header = ["arm", "seeds", f"final {name}", "effort to target", "per seed", "tasks", "vs random"]
+            f"{num(noise.get('max_seed_spread'), 4)}. Interpolated: where the seed-mean curve crosses the "
+            "target, linear between rounds (the round figure is the first round at or above it).</p>")
+    header = ["arm", "seeds", f"final {name}", "effort to target", "per seed", "tasks", "vs random",
+              "interpolated", "vs random (interpolated)"]
     return note + grid(header, rows)
 
 

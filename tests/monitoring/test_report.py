@@ -263,4 +263,5 @@ def test_active_learning_table_gives_effort_to_target_against_random():
     html = sec.active_learning_table(result)
     assert "<td>entropy@region</td><td>2</td><td>0.800</td><td>27.5</td><td>0: 27.5, 1: 27.5</td><td>14</td>" in html
     assert "<td>0: 44.0, 1: 33.0</td>" in html
+    assert "<td>27.2</td><td>68%</td>" in html
     assert "Noise floor" in html and sec.active_learning_table({}) == ""
