@@ -59,7 +59,8 @@ def table(result: dict, baseline: float | None = None) -> str:
     random arm, or to ``baseline`` (the random arm of a run with larger rounds, :func:`baseline_random`).
     """
     rows = ["| arm | seeds | effort to target (seed mean) | band over seeds | tasks | vs random photos "
-            "| interpolated | vs random (interpolated) |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+            "| interpolated | per seed (interpolated) | vs random (interpolated) |",
+            "|---|---:|---:|---|---:|---:|---:|---|---:|"]
     interp = result.get("effort_to_target_interpolated", {})
     base = baseline or interp.get("random")
     per_seed = result.get("effort_to_target_per_seed", {})
@@ -71,7 +72,7 @@ def table(result: dict, baseline: float | None = None) -> str:
         tasks = result["tasks_to_target"].get(arm)
         rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(curve['effort'][-1])} "
                     f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} "
-                    f"| {_opt(interp.get(arm), '{:g}')} "
+                    f"| {_opt(interp.get(arm), '{:g}')} | {_band(result, arm, curve)} "
                     f"| {_opt(interp.get(arm) / base if interp.get(arm) and base else None, '{:.2f}x')} |")
     ref, noise = result.get("full_pool"), result.get("noise_floor")
     metric = result.get("target_metric", "mean_iou")
@@ -84,6 +85,11 @@ def table(result: dict, baseline: float | None = None) -> str:
         rows.append(f"noise floor (random over seeds, max-min {metric} per round): mean "
                     f"{noise['mean_seed_spread']:.4f}, largest {noise['max_seed_spread']:.4f}")
     return "\n".join(rows)
+
+
+def _band(result: dict, arm: str, curve: dict) -> str:
+    seeds = result.get("effort_to_target_interpolated_per_seed", {}).get(arm, {})
+    return ", ".join(f"{s}: {e:g}" if e else f"{s}: > {curve['effort'][-1]:g}" for s, e in seeds.items()) or "-"
 
 
 def _opt(value: float | None, fmt: str) -> str:

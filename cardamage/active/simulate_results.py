@@ -39,6 +39,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     tasks_to: dict[str, Any] = {}
     per_seed: dict[str, Any] = {}
     interpolated: dict[str, Any] = {}
+    interp_seed: dict[str, Any] = {}
     for strategy in strategies:
         runs = [r for r in state["runs"].values() if r["strategy"] == strategy and r["history"]]
         if not runs:
@@ -61,6 +62,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
         effort_to[strategy] = round(float(effort[k]), 2) if k is not None else None
         tasks_to[strategy] = round(float(tasks[k]), 1) if k is not None else None
         interpolated[strategy] = crossing(effort, judged.mean(0), target)
+        interp_seed[strategy] = {str(r["seed"]): crossing(e, m, target) for r, e, m in zip(runs, run_effort, judged)}
         seed_hits = [_first_reaching(m, target) for m in judged]
         per_seed[strategy] = {str(r["seed"]): round(float(e[j]), 2) if j is not None else None
                               for r, e, j in zip(runs, run_effort, seed_hits)}
@@ -75,6 +77,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
             "labels_to_target": to_target, "labels_relative_to_random": relative,
             "effort_to_target": effort_to, "tasks_to_target": tasks_to, "effort_relative_to_random": effort_rel,
             "effort_to_target_per_seed": per_seed, "effort_to_target_interpolated": interpolated,
+            "effort_to_target_interpolated_per_seed": interp_seed,
             "effort_interpolated_relative_to_random": interp_rel,
             "noise_floor": _noise_floor(noise)}
 

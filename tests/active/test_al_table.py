@@ -40,7 +40,7 @@ def test_baseline_random_from_a_run_with_larger_rounds(tmp_path):
     base = baseline_random(main, tmp_path, 0.95, "damage_iou")
     assert base == 85.0, "judged against this run's target (0.475), not the other run's whole pool"
     text = table(summarise(main, ["entropy@region"], 0.95, complete=False, metric="damage_iou"), base)
-    assert "| 19.4 | 0.23x |" in text and "baseline run" in text
+    assert "| 19.4 | 0: 19.4 | 0.23x |" in text and "baseline run" in text
 
 
 def test_baseline_of_another_configuration_is_refused(tmp_path):
