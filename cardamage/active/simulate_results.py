@@ -153,15 +153,19 @@ def format_summary(result: dict[str, Any]) -> str:
     if ref:
         lines.append(f"whole pool ({ref['labelled']} photos): {METRICS[metric]} {ref[metric]:.4f}; "
                      f"target {result['target_fraction']:.0%} = {result['target']:.4f}")
-    lines.append(f"{'arm':<20} {'final':>10} {'effort to target':>17} {'tasks':>7} {'vs random':>10}")
+    lines.append(f"{'arm':<22} {'final':>7} {'effort to target':>17} {'tasks':>7} {'vs random':>10} "
+                 f"{'interpolated':>13} {'vs random':>10}")
     efforts = result.get("effort_to_target", {})
+    interp = result.get("effort_to_target_interpolated", {})
     for name, curve in result["curves"].items():
         effort = efforts.get(name)
         rel = result.get("effort_relative_to_random", {}).get(name)
+        irel = result.get("effort_interpolated_relative_to_random", {}).get(name)
         reached = f"{effort:g}" if effort else f"> {curve.get('effort', curve['labelled'])[-1]:g}"
         tasks = result.get("tasks_to_target", {}).get(name)
-        lines.append(f"{name:<20} {curve[metric][-1]:>10.4f} {reached:>17} {(f'{tasks:g}' if tasks else '-'):>7} "
-                     f"{(f'{rel:.0%}' if rel else '-'):>10}")
+        lines.append(f"{name:<22} {curve[metric][-1]:>7.4f} {reached:>17} {(f'{tasks:g}' if tasks else '-'):>7} "
+                     f"{(f'{rel:.0%}' if rel else '-'):>10} {(f'{interp[name]:g}' if interp.get(name) else '-'):>13} "
+                     f"{(f'{irel:.0%}' if irel else '-'):>10}")
     noise = result.get("noise_floor")
     if noise:
         lines.append(f"noise floor (random over seeds, max-min of {METRICS[metric]}): "

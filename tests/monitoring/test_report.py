@@ -258,6 +258,8 @@ def test_active_learning_table_gives_effort_to_target_against_random():
     assert result["effort_to_target_interpolated"] == {"random": 39.9, "entropy@region": 27.2}
     assert result["effort_interpolated_relative_to_random"]["entropy@region"] == 0.682
     assert result["effort_to_target_interpolated_per_seed"]["random"] == {"0": 42.4, "1": 32.4}
+    from cardamage.active.simulate_results import format_summary
+    assert format_summary(result).splitlines()[3].split()[-2:] == ["27.2", "68%"], "cardamage simulate's table"
     assert result["noise_floor"]["max_seed_spread"] == 0.07
     assert result["effort_to_target_per_seed"] == {"random": {"0": 44.0, "1": 33.0},
                                                    "entropy@region": {"0": 27.5, "1": 27.5}}
