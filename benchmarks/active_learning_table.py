@@ -64,15 +64,16 @@ def table(result: dict, baseline: float | None = None) -> str:
     interp = result.get("effort_to_target_interpolated", {})
     base = baseline or interp.get("random")
     per_seed = result.get("effort_to_target_per_seed", {})
+    interp_seed = result.get("effort_to_target_interpolated_per_seed", {})
     for arm, curve in result["curves"].items():
         effort = result["effort_to_target"].get(arm)
-        seeds = per_seed.get(arm, {})
-        band = ", ".join(f"{s}: {e:g}" if e else f"{s}: > {curve['effort'][-1]:g}" for s, e in seeds.items())
+        last = curve["effort"][-1]
         rel = result["effort_relative_to_random"].get(arm)
         tasks = result["tasks_to_target"].get(arm)
-        rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(curve['effort'][-1])} "
-                    f"| {band or '-'} | {f'{tasks:g}' if tasks else '-'} | {f'{rel:.2f}x' if rel else '-'} "
-                    f"| {_opt(interp.get(arm), '{:g}')} | {_band(result, arm, curve)} "
+        rows.append(f"| {arm} | {len(curve['seeds'])} | {f'{effort:g}' if effort else '> ' + str(last)} "
+                    f"| {_band(per_seed.get(arm, {}), last)} | {f'{tasks:g}' if tasks else '-'} "
+                    f"| {f'{rel:.2f}x' if rel else '-'} "
+                    f"| {_opt(interp.get(arm), '{:g}')} | {_band(interp_seed.get(arm, {}), last)} "
                     f"| {_opt(interp.get(arm) / base if interp.get(arm) and base else None, '{:.2f}x')} |")
     ref, noise = result.get("full_pool"), result.get("noise_floor")
     metric = result.get("target_metric", "mean_iou")
@@ -87,9 +88,9 @@ def table(result: dict, baseline: float | None = None) -> str:
     return "\n".join(rows)
 
 
-def _band(result: dict, arm: str, curve: dict) -> str:
-    seeds = result.get("effort_to_target_interpolated_per_seed", {}).get(arm, {})
-    return ", ".join(f"{s}: {e:g}" if e else f"{s}: > {curve['effort'][-1]:g}" for s, e in seeds.items()) or "-"
+def _band(seeds: dict, last: float) -> str:
+    """Each seed's crossing, ``seed: effort`` (``> last`` for a seed that never reached the target)."""
+    return ", ".join(f"{s}: {e:g}" if e else f"{s}: > {last:g}" for s, e in seeds.items()) or "-"
 
 
 def _opt(value: float | None, fmt: str) -> str:
@@ -98,6 +99,8 @@ def _opt(value: float | None, fmt: str) -> str:
 
 def baseline_random(state: dict, folder: Path, fraction: float, metric: str) -> float | None:
     """Interpolated effort at which the random arm of the run in ``folder`` reaches this run's target.
+
+    ``state``: this run's saved state or its result JSON (either has ``config`` and ``full_pool``).
 
     Random picks do not depend on the model, so a run with larger rounds (``simulate.budget``) traces
     the same curve further for less training; every other setting must match. The target is this
@@ -161,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         run([str(BIN), "backbone", "import", "efficientnet-lite0", str(args.preset)], log)
     cmd = [str(BIN), "simulate"] + _sets(overrides(args))
     run(cmd + (["--max-rounds", str(args.max_rounds)] if args.max_rounds is not None else []), log)
-    result = json.loads((args.out / "active_learning.json").read_text())
-    state = json.loads((args.out / "state.json").read_text())
-    baseline = baseline_random(state, args.baseline, result["target_fraction"], args.metric) if args.baseline else None
+    result = json.loads((args.out / "active_learning.json").read_text())  # carries the state's config and full pool
+    baseline = baseline_random(result, args.baseline, result["target_fraction"], args.metric) if args.baseline else None
     print(table(result, baseline))
     return 0
 
