@@ -25,7 +25,7 @@ install: $(STAMP)
 $(LS_VENV)/bin/label-studio:
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install -q --upgrade pip
-	$(LS_VENV)/bin/pip install -q "label-studio>=1.23,<1.24"
+	$(LS_VENV)/bin/pip install -q "label-studio>=1.23,<1.24" "sentry-sdk<3"  # = labelling/server.py's LABEL_STUDIO_SPEC + _PINS
 
 install-ls: $(LS_VENV)/bin/label-studio
 

@@ -33,6 +33,9 @@ from cardamage.errors import CardamageError, ServiceError
 from cardamage.labelling.connection import StoredConnection, read_connection, write_connection
 
 LABEL_STUDIO_SPEC = "label-studio>=1.23,<1.24"
+#: Pins Label Studio 1.23 leaves open and needs: sentry-sdk 3 drops the ``send_default_pii`` option
+#: that its settings pass, and the server exits at start. The Makefile's install-ls installs the same.
+LABEL_STUDIO_PINS = ("sentry-sdk<3",)
 ENV_EXECUTABLE = "CARDAMAGE_LABEL_STUDIO"
 ADMIN = "admin@cardamage.local"
 
@@ -67,7 +70,8 @@ def install_label_studio(venv: Path, echo: Callable[[str], Any] = print) -> Path
     """Create ``venv`` and install Label Studio into it (what ``make install-ls`` does); its executable."""
     python = os.environ.get("PYTHON", "python3")
     echo(f"installing {LABEL_STUDIO_SPEC} into {venv} (a few minutes, once)...")
-    for command in ([python, "-m", "venv", str(venv)], [str(venv / "bin" / "pip"), "install", "-q", LABEL_STUDIO_SPEC]):
+    pip = [str(venv / "bin" / "pip"), "install", "-q", LABEL_STUDIO_SPEC, *LABEL_STUDIO_PINS]
+    for command in ([python, "-m", "venv", str(venv)], pip):
         if subprocess.run(command, check=False).returncode != 0:
             raise ServiceError(f"`{' '.join(command)}` failed: install Label Studio yourself (make install-ls) "
                                f"or set ${ENV_EXECUTABLE}")
