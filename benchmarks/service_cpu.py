@@ -40,6 +40,14 @@ def batch_sizes(url: str) -> dict[str, float]:
             for r in rows if r.startswith("cardamage_batch_size_bucket")}
 
 
+def model_seconds(url: str) -> float:
+    """``cardamage_batch_seconds_sum`` from ``/metrics``: seconds the model has run batches so far."""
+    import httpx
+
+    rows = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return sum(float(r.rsplit(" ", 1)[1]) for r in rows if r.startswith("cardamage_batch_seconds_sum"))
+
+
 def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     """One server, a warm-up, then ``seconds`` of load from ``clients`` lean clients."""
     import psutil
@@ -54,9 +62,9 @@ def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         bench.load(url, payloads, 32, 4)
-        before, m0, c0 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times()
+        before, m0, c0, b0 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), model_seconds(url)
         run = bench.load(url, payloads, 10 ** 9, clients, max_seconds=seconds)
-        after, m1, c1 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times()
+        after, m1, c1, b1 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), model_seconds(url)
         batches = batch_sizes(url)
     finally:
         proc.terminate()
@@ -66,7 +74,8 @@ def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     spent = {k: getattr(m1, k) - getattr(m0, k) for k in ("user", "nice", "system", "idle", "iowait", "irq", "softirq")}
     return {"run": run, "server_cpu_s": sum(s for s, _ in per_thread), "per_thread": per_thread,
             "main_thread": proc.pid, "idle_share": (spent["idle"] + spent["iowait"]) / max(1e-9, sum(spent.values())),
-            "client_cpu_s": (c1.user - c0.user) + (c1.system - c0.system), "batches": batches}
+            "client_cpu_s": (c1.user - c0.user) + (c1.system - c0.system), "batches": batches,
+            "model_busy_s": b1 - b0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"server CPU {r['server_cpu_s']:.1f} s = {r['server_cpu_s'] / run['seconds']:.2f} cores, "
           f"{1000 * r['server_cpu_s'] / n:.1f} ms a request; machine idle {100 * r['idle_share']:.1f} %; "
           f"load generator {r['client_cpu_s']:.2f} s of CPU")
+    print(f"model busy {r['model_busy_s']:.1f} s = {100 * r['model_busy_s'] / run['seconds']:.1f} % of the time "
+          f"(batch calls, wall clock)")
     for cpu, tid in r["per_thread"][:8]:
         label = " (main: event loop)" if tid == r["main_thread"] else ""
         print(f"  thread {tid}{label}: {cpu:6.2f} s, {1000 * cpu / n:5.1f} ms a request")
