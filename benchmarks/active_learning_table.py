@@ -106,11 +106,13 @@ def baseline_random(state: dict, folder: Path, fraction: float, metric: str) -> 
     the same curve further for less training; every other setting must match. The target is this
     run's whole-pool reference, so both arms are judged against one figure.
     """
+    from cardamage.active.simulate import saved_config
     from cardamage.active.simulate_results import summarise
 
     other = json.loads((folder / "state.json").read_text())
-    differ = sorted(k for k in set(state["config"]) | set(other["config"])
-                    if k not in ("rounds", "budget") and state["config"].get(k) != other["config"].get(k))
+    mine, theirs = saved_config(state), saved_config(other)
+    differ = sorted(k for k in set(mine) | set(theirs)
+                    if k not in ("rounds", "budget") and mine.get(k) != theirs.get(k))
     if differ:
         raise SystemExit(f"{folder}: not the same simulation as this one (differs in {', '.join(differ)})")
     other["full_pool"] = state["full_pool"]

@@ -24,7 +24,7 @@ from cardamage.model.self_training import confident_labels, draw_photos, ramp_va
 
 if TYPE_CHECKING:
     from cardamage.config import Params
-    from cardamage.model.frozen import FeatureBank, HeadTrainer
+    from cardamage.model.frozen import FeatureBank, HeadEnsemble, HeadTrainer
     from cardamage.model.heads import Head
 
 PSEUDO_SUFFIX = "+pseudo"
@@ -40,13 +40,16 @@ def base_arm(arm: str) -> str:
     return arm[:-len(PSEUDO_SUFFIX)] if is_pseudo_arm(arm) else arm
 
 
-def pseudo_masks(head: Head, bank: FeatureBank, index: np.ndarray, threshold: float,
+def pseudo_masks(head: Head | HeadEnsemble, bank: FeatureBank, index: np.ndarray, threshold: float,
                  batch_size: int = 64) -> np.ndarray:
-    """``uint8 [n, S, S]``: the head's class where its probability >= ``threshold``, else ignored."""
+    """``uint8 [n, S, S]``: the head's class where its probability >= ``threshold``, else ignored (an
+    ensemble: on the mean of its members' probabilities)."""
+    from cardamage.model.frozen import head_probs
+
     out = np.empty((len(index),) + bank.masks.shape[1:], np.uint8)
     for start in range(0, len(index), batch_size):
         part = index[start:start + batch_size]
-        probs = np.asarray(head.model(bank.inputs(part), training=False))
+        probs = head_probs(head, bank.inputs(part))
         labels = confident_labels(probs, threshold)
         labels[bank.masks[part] == IGNORE_INDEX] = IGNORE_INDEX
         out[start:start + len(part)] = labels

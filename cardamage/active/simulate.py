@@ -116,8 +116,8 @@ def select_round(params: Params, strategy: str, seed: int, round_no: int, head: 
 
 def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
     sim = params.simulate
-    keys = ("initial", "rounds", "budget", "input_size", "head_filters", "dropout", "epochs", "min_steps",
-            "batch_size", "learning_rate", "lr_schedule", "mc_samples", "max_pool", "max_val")
+    keys = ("initial", "rounds", "budget", "input_size", "head_filters", "head_restarts", "dropout", "epochs",
+            "min_steps", "batch_size", "learning_rate", "lr_schedule", "mc_samples", "max_pool", "max_val")
     return {**{k: getattr(sim, k) for k in keys}, "backbone": backbone_config(params),
             "data_root": str(params.data.root), "train_splits": params.data.train_splits,
             "val_splits": params.data.val_splits, "classes": params.data.classes,
@@ -132,13 +132,21 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
 
 #: Config keys that may change between runs of one state: more rounds extend the finished runs.
 _EXTENDABLE = ("rounds",)
+#: Keys newer than some saved states, with the value such a state was run with.
+NEWER_KEYS = {"head_restarts": 1}
+
+
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """A saved state's configuration, with :data:`NEWER_KEYS` it predates filled in as it ran."""
+    return {**NEWER_KEYS, **(state.get("config") or {})}
 
 
 def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """The saved state for ``config`` (a new one when absent or ``fresh``).
 
     Strategies and seeds may be added, and ``rounds`` raised, without starting over. A state saved
-    by an older version, without a newer configuration key, resumes with that key's default.
+    by an older version, without a newer configuration key, counts as run with the value it had then
+    (:data:`NEWER_KEYS`, e.g. one head per fit), so it resumes only when that value is kept.
 
     Raises:
         ValueError: the file was written for another configuration.
@@ -146,7 +154,7 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
     if fresh or not path.is_file():
         return {"config": config, "runs": {}, "full_pool": None}
     state = json.loads(path.read_text(encoding="utf-8"))
-    saved = {k: v for k, v in (state.get("config") or {}).items() if k not in _EXTENDABLE}
+    saved = {k: v for k, v in saved_config(state).items() if k not in _EXTENDABLE}
     now = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE and k in saved}
     if now != saved:  # a key the saved state lacks came with a newer version: its default applied
         raise BadInputError(f"{path}: saved for another simulation configuration; run with --fresh "
@@ -257,9 +265,9 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     if bad or not arms or not sim.seeds:
         raise BadParameterError(f"simulate.strategies: need strategies from {', '.join(strategy_names())} and "
                                 f"seeds, got {sim.strategies} / {sim.seeds}")
-    if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0:
-        raise BadParameterError(f"simulate: initial and budget must be >= 1 and rounds >= 0, got "
-                         f"{sim.initial} / {sim.budget} / {sim.rounds}")
+    if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0 or sim.head_restarts < 1:
+        raise BadParameterError(f"simulate: initial, budget and head_restarts must be >= 1 and rounds >= 0, got "
+                         f"{sim.initial} / {sim.budget} / {sim.head_restarts} / {sim.rounds}")
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
     if sim.initial + sim.rounds * sim.budget > len(pool.paths):

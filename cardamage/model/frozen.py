@@ -8,7 +8,10 @@ in ``simulate.cache_dir`` (:func:`load_bank`). Each round retrains from scratch 
 head of :func:`cardamage.model.heads.build_light_head` (:class:`HeadTrainer`; loss =
 :class:`cardamage.model.losses.SegmentationLoss`, class-weighted cross-entropy + Dice as in
 training; Adam, per-epoch cosine decay by default). MC-dropout samples only the head's dropout and
-classifier (:func:`predict_head`).
+classifier (:func:`predict_head`). With ``simulate.head_restarts`` K > 1 each fit trains K heads
+from different seeds and returns a :class:`HeadEnsemble`: every prediction (evaluation, acquisition
+scores, pseudo-labels) averages their probabilities, which steadies a learner whose single restarts
+differ by about 0.01 damage IoU at the same labels.
 """
 
 from __future__ import annotations
@@ -154,6 +157,44 @@ def load_bank(params: Params, splits: Sequence[str], limit: int | None) -> Featu
 
 # ----------------------------------------------------------------------------- training
 
+#: Seed offset between the restarts of one fit: restart ``i`` uses ``seed + i * RESTART_SEED_STEP`` (restart 0
+#: is the single head's seed, so ``head_restarts: 1`` trains exactly what it always did).
+RESTART_SEED_STEP = 100_000
+
+
+@dataclass
+class HeadEnsemble:
+    """``K`` trained weight sets of one head shape (``simulate.head_restarts``).
+
+    The members share one Keras head (the trainer's): :meth:`members` loads each weight set in turn,
+    so use each yielded head before asking for the next. Predictions average the members'
+    probabilities (:func:`head_probs`, :func:`predict_head`).
+    """
+
+    head: Head
+    weights: list[list[np.ndarray]]
+
+    def members(self) -> Iterator[Head]:
+        """The shared head with each member's weights loaded in turn."""
+        for w in self.weights:
+            self.head.model.set_weights(w)
+            yield self.head
+
+
+def members(head: Head | HeadEnsemble) -> Iterator[Head]:
+    """The heads to average: an ensemble's members, or the one head."""
+    return head.members() if isinstance(head, HeadEnsemble) else iter([head])
+
+
+def head_probs(head: Head | HeadEnsemble, inputs: Any) -> np.ndarray:
+    """Probabilities ``float32 [N, S, S, C]`` at full input size for frozen features ``inputs`` (an
+    ensemble: the mean over its members)."""
+    total, k = None, 0
+    for member in members(head):
+        p = np.asarray(member.model(inputs, training=False), np.float32)
+        total, k = (p if total is None else total + p), k + 1
+    return total / k
+
 class HeadTrainer:
     """Trains heads of one shape many times, compiling once (a fresh Keras model per round costs seconds).
 
@@ -187,12 +228,26 @@ class HeadTrainer:
         sim = self.params.simulate
         return build_light_head(self.shapes, self.num_classes, sim.head_filters, sim.dropout, sim.input_size)
 
-    def fit(self, bank: FeatureBank, index: np.ndarray, seed: int, masks: np.ndarray | None = None) -> Head:
-        """Train on the photos ``index`` of ``bank`` from a fresh start; returns the trained :class:`Head`.
+    def fit(self, bank: FeatureBank, index: np.ndarray, seed: int,
+            masks: np.ndarray | None = None) -> Head | HeadEnsemble:
+        """Train on the photos ``index`` of ``bank`` from a fresh start: the trained :class:`Head`, or with
+        ``simulate.head_restarts`` K > 1 a :class:`HeadEnsemble` of K heads (seeds ``seed + i x``
+        :data:`RESTART_SEED_STEP`).
 
         ``masks``: ``uint8 [n, S, S]`` labels of those photos instead of the bank's (region labels:
         :data:`IGNORE_INDEX` outside the reviewed crops).
         """
+        k = self.params.simulate.head_restarts
+        if k <= 1:
+            return self._fit_one(bank, index, seed, masks)
+        weights = []
+        for i in range(k):
+            self._fit_one(bank, index, seed + i * RESTART_SEED_STEP, masks)
+            weights.append(self.model.get_weights())
+        return HeadEnsemble(self.head, weights)
+
+    def _fit_one(self, bank: FeatureBank, index: np.ndarray, seed: int, masks: np.ndarray | None) -> Head:
+        """One head trained from the initial weights of ``seed`` (see :meth:`fit`)."""
         import keras
 
         sim, train = self.params.simulate, self.params.train
@@ -216,30 +271,35 @@ class HeadTrainer:
 
 # ----------------------------------------------------------------------------- inference
 
-def predict_head(head: Head, bank: FeatureBank, index: np.ndarray, mc_samples: int = 0,
+def predict_head(head: Head | HeadEnsemble, bank: FeatureBank, index: np.ndarray, mc_samples: int = 0,
                  batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Yield ``(batch index, probs [B,S/4,S/4,C], samples [T,B,S/4,S/4,C] or None)`` over ``index``.
 
     Probabilities at the head's native stride 4 (before upsampling): acquisition scores computed
-    there cost 16x less and the bilinear upsampling adds no information.
+    there cost 16x less and the bilinear upsampling adds no information. An ensemble of K heads gives
+    the mean of their probabilities and ``T = K x mc_samples`` draws (each member's dropout draws).
     """
     for start in range(0, len(index), batch_size):
         part = index[start:start + batch_size]
-        h = head.trunk(bank.inputs(part), training=False)
-        probs = softmax(np.asarray(head.tail(h, training=False)))
-        samples = None
-        if mc_samples:  # all T dropout draws in one call: [T*B, ...] -> [T, B, ...]
-            tiled = np.asarray(head.tail(np.concatenate([np.asarray(h)] * mc_samples), training=True))
-            samples = softmax(tiled.reshape((mc_samples, len(part)) + tiled.shape[1:]))
-        yield part, probs, samples
+        x = bank.inputs(part)
+        total, draws, k = None, [], 0
+        for member in members(head):
+            h = member.trunk(x, training=False)
+            probs = softmax(np.asarray(member.tail(h, training=False)))
+            total, k = (probs if total is None else total + probs), k + 1
+            if mc_samples:  # all T dropout draws in one call: [T*B, ...] -> [T, B, ...]
+                tiled = np.asarray(member.tail(np.concatenate([np.asarray(h)] * mc_samples), training=True))
+                draws.append(softmax(tiled.reshape((mc_samples, len(part)) + tiled.shape[1:])))
+        yield part, total / k, (np.concatenate(draws) if draws else None)
 
 
-def evaluate_head(head: Head, bank: FeatureBank, num_classes: int, batch_size: int = 64) -> dict[str, float]:
+def evaluate_head(head: Head | HeadEnsemble, bank: FeatureBank, num_classes: int,
+                  batch_size: int = 64) -> dict[str, float]:
     """Validation mean IoU (classes present, background included) and damage (foreground) IoU at full input size."""
     cm = np.zeros((num_classes, num_classes), np.int64)
     for start in range(0, len(bank.paths), batch_size):
         part = np.arange(start, min(start + batch_size, len(bank.paths)))
-        probs = np.asarray(head.model(bank.inputs(part), training=False))
+        probs = head_probs(head, bank.inputs(part))
         cm += confusion_matrix(bank.masks[part], probs.argmax(-1), num_classes)
     iou = iou_per_class(cm)
     tp = cm[1:, 1:].sum()

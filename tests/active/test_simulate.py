@@ -197,3 +197,51 @@ def test_pseudo_label_arms_train_a_student_on_confident_pixels(stopped_and_resum
     everything = pseudo_masks(head, pool, np.arange(4, 8), threshold=0.0)
     assert (everything[~padding] != 255).all() and (everything[padding] == 255).all()
     assert (pseudo_masks(head, pool, np.arange(4, 8), threshold=1.01) == 255).all(), "nothing confident enough"
+
+
+def test_head_restarts_average_their_members(stopped_and_resumed):
+    from cardamage.active.pseudo import pseudo_masks
+    from cardamage.model.frozen import HeadEnsemble, evaluate_head, head_probs, members, predict_head
+
+    tmp, params, _, _, _ = stopped_and_resumed
+    pool = sim.load_bank(params, ["train"], 12)
+    single = sim.HeadTrainer(params, pool).fit(pool, np.arange(4), seed=5)
+    assert not isinstance(single, HeadEnsemble), "head_restarts 1 (the default): one head, as before"
+    x = pool.inputs(np.arange(4, 8))
+    ens = sim.HeadTrainer(_params(tmp, "simulate.head_restarts=3"), pool).fit(pool, np.arange(4), seed=5)
+    assert isinstance(ens, HeadEnsemble) and len(ens.weights) == 3
+    assert not all(np.array_equal(a, b) for a, b in zip(ens.weights[0], ens.weights[1])), "other seeds, other heads"
+    each = [np.asarray(m.model(x, training=False)) for m in members(ens)]
+    np.testing.assert_allclose(head_probs(ens, x), np.mean(each, axis=0), atol=1e-6)
+    assert np.abs(each[0] - each[1]).max() > 1e-4, "the members differ, so the mean is not one of them"
+
+    part, probs, draws = next(predict_head(ens, pool, np.arange(4, 8), mc_samples=2))
+    assert probs.shape[0] == 4 and draws.shape[:2] == (6, 4), "each member's dropout draws: T = 3 x 2"
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    confident = pseudo_masks(ens, pool, np.arange(4, 8), threshold=0.0)
+    labels = head_probs(ens, x).argmax(-1)
+    keep = pool.masks[4:8] != 255
+    assert (confident[keep] == labels[keep]).all(), "pseudo-labels come from the ensemble's mean"
+    assert set(evaluate_head(ens, pool, 2)) == {"mean_iou", "damage_iou"}
+
+
+def test_head_restarts_run_and_an_older_state_resumes_only_with_one_head(stopped_and_resumed):
+    tmp, _, _, _, _ = stopped_and_resumed
+    files = [f"simulate.out={tmp / 'k2_al.json'}", f"simulate.plot={tmp / 'k2_al.png'}"]
+    params = _params(tmp, "simulate.strategies=[bald]", "simulate.seeds=[0]", "simulate.rounds=1",
+                     "simulate.head_restarts=2", f"simulate.state_file={tmp / 'k2.json'}", *files)
+    result = sim.run_simulation(params)
+    state = json.loads((tmp / "k2.json").read_text())
+    assert state["config"]["head_restarts"] == 2 and len(state["runs"]["bald/0"]["history"]) == 2
+    assert len(state["runs"]["bald/0"]["labelled"]) == 6 and result["curves"]["bald"]["labelled"] == [4, 6]
+
+    older = json.loads((tmp / "state.json").read_text())  # as a version before head_restarts wrote it
+    older["config"].pop("head_restarts")
+    (tmp / "older.json").write_text(json.dumps(older))
+    again = sim.run_simulation(_params(tmp, f"simulate.state_file={tmp / 'older.json'}", *files))
+    assert again["curves"]["hybrid"]["labelled"] == [4, 6, 8], "one head: the older state resumes"
+    with pytest.raises(ValueError, match="--fresh"):
+        sim.run_simulation(_params(tmp, "simulate.head_restarts=2", f"simulate.state_file={tmp / 'older.json'}",
+                                   *files))
+    with pytest.raises(sim.BadParameterError, match="head_restarts"):
+        sim.run_simulation(_params(tmp, "simulate.head_restarts=0", *files))

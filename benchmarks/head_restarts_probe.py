@@ -1,0 +1,95 @@
+"""Issue 13: how much does averaging K simulation heads (``simulate.head_restarts``) lift the learner at fixed labels?
+
+Takes the labels one run of a saved simulation had at one round (``--run entropy@region+pseudo/2
+--round 9``), or the whole pool (``--run full``), retrains the round's head K times from different
+seeds exactly as the simulation does (teacher and student for a ``+pseudo`` arm) and prints each
+restart's validation damage IoU and that of the running ensemble (the mean of the members'
+probabilities). The picks stay the ones the single-head run made, so this isolates the learner:
+the spread of single restarts is the learner's own noise at those labels, the ensemble's lead over
+their mean is what averaging buys.
+
+    python benchmarks/head_restarts_probe.py --state reports/al_bilgi/state.json \
+        --preset reports/al_bilgi/lite0_imagenet --run entropy@region+pseudo/2 --round 9 --restarts 3
+
+Uses the run's feature cache (``--cache``, default: the state's folder ``cache``). Needs
+``../shared/datasets/bilgi-car-damage``. About 5 min a restart for a region + pseudo-label round on
+2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_pretrained import DATASET, data_overrides  # noqa: E402
+
+
+def labels_of(state: dict, run: str, round_no: int, n_pool: int) -> tuple[list[int], list, str]:
+    """``(photos, regions, arm)`` labelled by ``run`` at ``round_no`` (``full``: every pool photo)."""
+    if run == "full":
+        return list(range(n_pool)), [], "random"
+    saved = state["runs"][run]
+    h = saved["history"][round_no]
+    return saved["labelled"][:h["labelled"]], saved["regions"][:h["regions"]], saved["strategy"]
+
+
+def damage_iou(probs: np.ndarray, truth: np.ndarray) -> float:
+    """Damage (foreground) IoU of ``probs [N, S, S, C]`` against ``truth [N, S, S]`` (255 ignored)."""
+    from cardamage.model.losses import confusion_matrix
+
+    cm = confusion_matrix(truth, probs.argmax(-1), probs.shape[-1])
+    return float(cm[1:, 1:].sum() / max(1, cm.sum() - cm[0, 0]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--state", type=Path, required=True, help="a simulation's state.json")
+    ap.add_argument("--preset", type=Path, required=True, help="the ImageNet Lite0 preset the run used")
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--run", default="entropy@region+pseudo/2", help="'<arm>/<seed>' or 'full' (the whole pool)")
+    ap.add_argument("--round", type=int, default=9)
+    ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--dataset", type=Path, default=DATASET)
+    args = ap.parse_args(argv)
+
+    from cardamage.active.pseudo import fit_with_pseudo, is_pseudo_arm
+    from cardamage.active.simulate_regions import labelled_masks
+    from cardamage.config import load_params
+    from cardamage.model.frozen import RESTART_SEED_STEP, HeadTrainer, head_probs, load_bank
+
+    state = json.loads(args.state.read_text())
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", data_overrides(args.dataset) + [
+        "simulate.backbone=efficientnetlite_b0", f"simulate.backbone_preset={args.preset}",
+        f"simulate.cache_dir={args.cache or args.state.parent / 'cache'}"])
+    pool, val = load_bank(params, params.data.train_splits, None), load_bank(params, params.data.val_splits, None)
+    photos, regions, arm = labels_of(state, args.run, args.round, len(pool.paths))
+    index, masks = labelled_masks(pool, photos, regions, params.score.region_grid, params.labelstudio.region_margin)
+    seed = 999 if args.run == "full" else int(args.run.rsplit("/", 1)[1]) * 1000 + args.round
+    print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}")
+    trainer, total = HeadTrainer(params, pool), None
+    singles = []
+    for i in range(args.restarts):
+        start, s = time.perf_counter(), seed + i * RESTART_SEED_STEP
+        if is_pseudo_arm(arm):
+            head = fit_with_pseudo(params, trainer, pool, index, masks, s, args.round)
+        else:
+            head = trainer.fit(pool, index, s, masks)
+        probs = np.concatenate([head_probs(head, val.inputs(np.arange(a, min(a + 64, len(val.paths)))))
+                                for a in range(0, len(val.paths), 64)])
+        total = probs if total is None else total + probs
+        singles.append(damage_iou(probs, val.masks))
+        print(f"restart {i} (seed {s}): damage IoU {singles[-1]:.4f}; ensemble of {i + 1}: "
+              f"{damage_iou(total, val.masks):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"single restarts: mean {np.mean(singles):.4f}, max-min {np.ptp(singles):.4f}; ensemble of "
+          f"{args.restarts} - mean of singles: {damage_iou(total, val.masks) - np.mean(singles):+.4f}")
+
+
+if __name__ == "__main__":
+    main()
