@@ -49,3 +49,13 @@ def test_baseline_of_another_configuration_is_refused(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="input_size"):
         baseline_random(main, tmp_path, 0.95, "damage_iou")
+
+
+def test_a_baseline_from_before_head_restarts_counts_as_one_head(tmp_path):
+    old = _state({"budget": 50, "input_size": 128}, "random", 50.0, [0.1, 0.5])  # no head_restarts key
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    one = _state({"budget": 5, "input_size": 128, "head_restarts": 1}, "random", 5.0, [0.1, 0.5])
+    assert baseline_random(one, tmp_path, 0.95, "damage_iou") is not None
+    three = _state({"budget": 5, "input_size": 128, "head_restarts": 3}, "random", 5.0, [0.1, 0.5])
+    with pytest.raises(SystemExit, match="head_restarts"):
+        baseline_random(three, tmp_path, 0.95, "damage_iou")
