@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     from cardamage.model.frozen import RESTART_SEED_STEP, HeadTrainer, head_probs, load_bank
 
     state = json.loads(args.state.read_text())
+    if args.run != "full":
+        history = state["runs"].get(args.run, {}).get("history", [])
+        if not 0 <= args.round < len(history):
+            runs = ", ".join(f"{k} ({len(r['history'])} rounds)" for k, r in state["runs"].items())
+            raise SystemExit(f"{args.state}: no round {args.round} of run {args.run!r} (runs: {runs})")
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", data_overrides(args.dataset) + [
         "simulate.backbone=efficientnetlite_b0", f"simulate.backbone_preset={args.preset}",
         f"simulate.cache_dir={args.cache or args.state.parent / 'cache'}"])
