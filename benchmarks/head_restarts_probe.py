@@ -40,14 +40,6 @@ def labels_of(state: dict, run: str, round_no: int, n_pool: int) -> tuple[list[i
     return saved["labelled"][:h["labelled"]], saved["regions"][:h["regions"]], saved["strategy"]
 
 
-def damage_iou(probs: np.ndarray, truth: np.ndarray) -> float:
-    """Damage (foreground) IoU of ``probs [N, S, S, C]`` against ``truth [N, S, S]`` (255 ignored)."""
-    from cardamage.model.losses import confusion_matrix
-
-    cm = confusion_matrix(truth, probs.argmax(-1), probs.shape[-1])
-    return float(cm[1:, 1:].sum() / max(1, cm.sum() - cm[0, 0]))
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--state", type=Path, required=True, help="a simulation's state.json")
@@ -62,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from cardamage.active.pseudo import fit_with_pseudo, is_pseudo_arm
     from cardamage.active.simulate_regions import labelled_masks
     from cardamage.config import load_params
-    from cardamage.model.frozen import RESTART_SEED_STEP, HeadTrainer, head_probs, load_bank
+    from cardamage.model.frozen import RESTART_SEED_STEP, HeadEnsemble, HeadTrainer, evaluate_head, load_bank
 
     state = json.loads(args.state.read_text())
     if args.run != "full":
@@ -78,22 +70,20 @@ def main(argv: list[str] | None = None) -> None:
     index, masks = labelled_masks(pool, photos, regions, params.score.region_grid, params.labelstudio.region_margin)
     seed = 999 if args.run == "full" else int(args.run.rsplit("/", 1)[1]) * 1000 + args.round
     print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}")
-    trainer, total = HeadTrainer(params, pool), None
-    singles = []
+    trainer, weights, singles = HeadTrainer(params, pool), [], []
     for i in range(args.restarts):
         start, s = time.perf_counter(), seed + i * RESTART_SEED_STEP
         if is_pseudo_arm(arm):
             head = fit_with_pseudo(params, trainer, pool, index, masks, s, args.round)
         else:
             head = trainer.fit(pool, index, s, masks)
-        probs = np.concatenate([head_probs(head, val.inputs(np.arange(a, min(a + 64, len(val.paths)))))
-                                for a in range(0, len(val.paths), 64)])
-        total = probs if total is None else total + probs
-        singles.append(damage_iou(probs, val.masks))
+        weights.append(head.model.get_weights())
+        singles.append(evaluate_head(head, val, trainer.num_classes)["damage_iou"])
+        ensemble = evaluate_head(HeadEnsemble(head, weights), val, trainer.num_classes)["damage_iou"]
         print(f"restart {i} (seed {s}): damage IoU {singles[-1]:.4f}; ensemble of {i + 1}: "
-              f"{damage_iou(total, val.masks):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+              f"{ensemble:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     print(f"single restarts: mean {np.mean(singles):.4f}, max-min {np.ptp(singles):.4f}; ensemble of "
-          f"{args.restarts} - mean of singles: {damage_iou(total, val.masks) - np.mean(singles):+.4f}")
+          f"{args.restarts} - mean of singles: {ensemble - np.mean(singles):+.4f}")
 
 
 if __name__ == "__main__":

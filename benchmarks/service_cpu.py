@@ -31,20 +31,21 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
-def batch_sizes(url: str) -> dict[str, float]:
-    """``cardamage_batch_size`` bucket counts from ``/metrics`` (cumulative, by upper bound)."""
+def metrics_rows(url: str) -> list[str]:
+    """The lines of the server's ``/metrics`` (Prometheus text format)."""
     import httpx
 
-    rows = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+
+
+def batch_sizes(rows: list[str]) -> dict[str, float]:
+    """``cardamage_batch_size`` bucket counts from ``/metrics`` rows (cumulative, by upper bound)."""
     return {r.split('le="')[1].split('"')[0]: float(r.rsplit(" ", 1)[1])
             for r in rows if r.startswith("cardamage_batch_size_bucket")}
 
 
-def model_seconds(url: str) -> float:
-    """``cardamage_batch_seconds_sum`` from ``/metrics``: seconds the model has run batches so far."""
-    import httpx
-
-    rows = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+def model_seconds(rows: list[str]) -> float:
+    """``cardamage_batch_seconds_sum`` from ``/metrics`` rows: seconds the model has run batches so far."""
     return sum(float(r.rsplit(" ", 1)[1]) for r in rows if r.startswith("cardamage_batch_seconds_sum"))
 
 
@@ -62,10 +63,9 @@ def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         bench.load(url, payloads, 32, 4)
-        before, m0, c0, b0 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), model_seconds(url)
+        before, m0, c0, b0 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), model_seconds(metrics_rows(url))
         run = bench.load(url, payloads, 10 ** 9, clients, max_seconds=seconds)
-        after, m1, c1, b1 = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), model_seconds(url)
-        batches = batch_sizes(url)
+        after, m1, c1, rows = thread_cpu_s(proc.pid), psutil.cpu_times(), os.times(), metrics_rows(url)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
@@ -74,8 +74,8 @@ def measure(clients: int, seconds: float, extra: list[str]) -> dict[str, Any]:
     spent = {k: getattr(m1, k) - getattr(m0, k) for k in ("user", "nice", "system", "idle", "iowait", "irq", "softirq")}
     return {"run": run, "server_cpu_s": sum(s for s, _ in per_thread), "per_thread": per_thread,
             "main_thread": proc.pid, "idle_share": (spent["idle"] + spent["iowait"]) / max(1e-9, sum(spent.values())),
-            "client_cpu_s": (c1.user - c0.user) + (c1.system - c0.system), "batches": batches,
-            "model_busy_s": b1 - b0}
+            "client_cpu_s": (c1.user - c0.user) + (c1.system - c0.system), "batches": batch_sizes(rows),
+            "model_busy_s": model_seconds(rows) - b0}
 
 
 def main(argv: list[str] | None = None) -> None:

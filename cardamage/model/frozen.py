@@ -195,6 +195,7 @@ def head_probs(head: Head | HeadEnsemble, inputs: Any) -> np.ndarray:
         total, k = (p if total is None else total + p), k + 1
     return total / k
 
+
 class HeadTrainer:
     """Trains heads of one shape many times, compiling once (a fresh Keras model per round costs seconds).
 
