@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--round", type=int, default=9)
     ap.add_argument("--restarts", type=int, default=3)
     ap.add_argument("--dataset", type=Path, default=DATASET)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params override for the retrained learner, e.g. simulate.tune_stages=1 (repeatable)")
     args = ap.parse_args(argv)
 
     from cardamage.active.pseudo import fit_with_pseudo, is_pseudo_arm
@@ -64,12 +66,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.state}: no round {args.round} of run {args.run!r} (runs: {runs})")
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", data_overrides(args.dataset) + [
         "simulate.backbone=efficientnetlite_b0", f"simulate.backbone_preset={args.preset}",
-        f"simulate.cache_dir={args.cache or args.state.parent / 'cache'}"])
+        f"simulate.cache_dir={args.cache or args.state.parent / 'cache'}", *args.set])
     pool, val = load_bank(params, params.data.train_splits, None), load_bank(params, params.data.val_splits, None)
     photos, regions, arm = labels_of(state, args.run, args.round, len(pool.paths))
     index, masks = labelled_masks(pool, photos, regions, params.score.region_grid, params.labelstudio.region_margin)
     seed = 999 if args.run == "full" else int(args.run.rsplit("/", 1)[1]) * 1000 + args.round
-    print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}")
+    print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}"
+          + (f"; {' '.join(args.set)}" if args.set else ""))
     trainer, weights, singles = HeadTrainer(params, pool), [], []
     for i in range(args.restarts):
         start, s = time.perf_counter(), seed + i * RESTART_SEED_STEP

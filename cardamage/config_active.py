@@ -62,6 +62,7 @@ class SimulateParams:
     backbone_preset: str | None = None
     head_filters: int = 64
     head_restarts: int = 1
+    tune_stages: int = 0
     dropout: float = 0.3
     epochs: int = 30
     min_steps: int = 200

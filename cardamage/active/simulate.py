@@ -116,8 +116,8 @@ def select_round(params: Params, strategy: str, seed: int, round_no: int, head: 
 
 def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
     sim = params.simulate
-    keys = ("initial", "rounds", "budget", "input_size", "head_filters", "head_restarts", "dropout", "epochs",
-            "min_steps", "batch_size", "learning_rate", "lr_schedule", "mc_samples", "max_pool", "max_val")
+    keys = ("initial", "rounds", "budget", "input_size", "head_filters", "head_restarts", "tune_stages", "dropout",
+            "epochs", "min_steps", "batch_size", "learning_rate", "lr_schedule", "mc_samples", "max_pool", "max_val")
     return {**{k: getattr(sim, k) for k in keys}, "backbone": backbone_config(params),
             "data_root": str(params.data.root), "train_splits": params.data.train_splits,
             "val_splits": params.data.val_splits, "classes": params.data.classes,
@@ -133,7 +133,7 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
 #: Config keys that may change between runs of one state: more rounds extend the finished runs.
 _EXTENDABLE = ("rounds",)
 #: Keys newer than some saved states, with the value such a state was run with.
-NEWER_KEYS = {"head_restarts": 1}
+NEWER_KEYS = {"head_restarts": 1, "tune_stages": 0}
 
 
 def saved_config(state: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +268,9 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0 or sim.head_restarts < 1:
         raise BadParameterError(f"simulate: initial, budget and head_restarts must be >= 1 and rounds >= 0, got "
                          f"{sim.initial} / {sim.budget} / {sim.head_restarts} / {sim.rounds}")
+    if sim.tune_stages < 0:
+        raise BadParameterError(f"simulate.tune_stages: must be >= 0 (0: the backbone stays frozen), got "
+                                f"{sim.tune_stages}")
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
     if sim.initial + sim.rounds * sim.budget > len(pool.paths):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cardamage.config import Params
-from cardamage.errors import EmptyInputError
+from cardamage.errors import BadParameterError, EmptyInputError
 from cardamage.fileio import atomic_path
 from cardamage.model.backbones import STRIDES
 from cardamage.model.inference import softmax
@@ -83,6 +83,21 @@ def _cache_key(params: Params, split_paths: Sequence[str]) -> str:
     blob = json.dumps([cfg, stamp, params.data.classes, params.data.class_map, str(params.data.root),
                        list(split_paths)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tuned_stages(params: Params) -> keras.Model:
+    """The frozen backbone's stride-16 -> stride-32 part with its last ``simulate.tune_stages`` stages
+    trainable (:func:`cardamage.model.heads.stride32_stages`)."""
+    from cardamage.model.backbones import build_backbone
+    from cardamage.model.heads import stride32_stages
+
+    cfg = backbone_config(params)
+    if not cfg["preset"]:  # a random init differs per build: the stages would not be the cached features' own
+        raise BadParameterError("simulate.tune_stages: needs a backbone preset (simulate.backbone_preset or "
+                                "model.backbone_preset), the weights the cached features came from")
+    backbone = build_backbone(cfg["backbone"], cfg["input_size"], cfg["width"], cfg["preset"])
+    return stride32_stages(backbone, cfg["input_size"], params.simulate.tune_stages,
+                           label=f"simulate.backbone: {cfg['backbone']}")
 
 
 def _extractor(params: Params) -> keras.Model:
@@ -212,6 +227,8 @@ class HeadTrainer:
         self.params = params
         self.num_classes = len(params.data.classes) + 1
         self.shapes = [tuple(bank.features[s].shape[1:]) for s in STRIDES]
+        self.stride32 = _tuned_stages(params) if sim.tune_stages else None
+        self._stride32_start = self.stride32.get_weights() if self.stride32 is not None else []
         self.head = self._build()
         self.model = self.head.model
         # A variable, so new weights for a new labelled set need no retracing of the compiled step.
@@ -227,7 +244,8 @@ class HeadTrainer:
         from cardamage.model.heads import build_light_head
 
         sim = self.params.simulate
-        return build_light_head(self.shapes, self.num_classes, sim.head_filters, sim.dropout, sim.input_size)
+        return build_light_head(self.shapes, self.num_classes, sim.head_filters, sim.dropout, sim.input_size,
+                                self.stride32)
 
     def fit(self, bank: FeatureBank, index: np.ndarray, seed: int,
             masks: np.ndarray | None = None) -> Head | HeadEnsemble:
@@ -254,6 +272,8 @@ class HeadTrainer:
         sim, train = self.params.simulate, self.params.train
         keras.utils.set_random_seed(seed)
         self.model.set_weights(self._build().model.get_weights())
+        if self.stride32 is not None:  # tuned backbone stages restart from their pretrained weights
+            self.stride32.set_weights(self._stride32_start)
         for var, value in zip(self.model.optimizer.variables, self._optimizer_start):
             var.assign(value)
         masks = bank.masks[index] if masks is None else masks

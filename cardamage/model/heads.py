@@ -19,6 +19,7 @@ frozen, cached backbone features (:mod:`cardamage.model.frozen`); it shares the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,6 +235,32 @@ def pyramid_extractor(backbone: keras.Model, input_size: int, label: str = "back
     return keras.Model(backbone.input, [backbone.get_layer(levels[s]).output for s in STRIDES])
 
 
+def stride32_stages(backbone: keras.Model, input_size: int, stages: int, label: str = "backbone") -> keras.Model:
+    """``stride-16 map [N, S/16, S/16, C_16] -> stride-32 map [N, S/32, S/32, C_32]``: the part of
+    ``backbone`` between those pyramid levels, its last ``stages`` stages (and the top conv) trainable.
+
+    Fine-tuning these on cached stride-16 features costs no backbone pass over the photo. Earlier
+    layers of that part stay frozen, and every batch norm keeps its ImageNet statistics (inference
+    mode), as usual when fine-tuning on few labels. Stages are KerasCV's ``block{n}`` layer groups.
+
+    Raises:
+        BadParameterError: ``stages`` outside ``1..`` the stages there, or a backbone without ``block{n}`` names.
+    """
+    levels = feature_levels(backbone, input_size)
+    part = keras.Model(backbone.get_layer(levels[16]).output, backbone.get_layer(levels[32]).output,
+                       name="stride32_stages")
+    stage_of = [int(m.group(1)) if (m := re.match(r"block(\d+)", layer.name)) else None for layer in part.layers]
+    numbers = sorted({n for n in stage_of if n is not None})
+    if not numbers or not 1 <= stages <= len(numbers):
+        raise BadParameterError(f"simulate.tune_stages: {label} has {len(numbers)} stage(s) past stride 16 "
+                                f"({', '.join(f'block{n}' for n in numbers) or 'no block<n> layers'}); got {stages}")
+    tuned = False  # from the first tuned stage's first layer on (the top conv after the last block included)
+    for layer, number in zip(part.layers, stage_of):
+        tuned = tuned or (number is not None and number >= numbers[-stages])
+        layer.trainable = tuned and not isinstance(layer, keras.layers.BatchNormalization)
+    return part
+
+
 @dataclass
 class Head:
     """A light decoder head in three views sharing weights.
@@ -250,7 +277,7 @@ class Head:
 
 
 def build_light_head(shapes: Sequence[tuple[int, ...]], num_classes: int, filters: int, dropout: float,
-                     size: int) -> Head:
+                     size: int, stride32: keras.Model | None = None) -> Head:
     """FPN-style decoder over frozen features: 1x1 laterals summed top-down to stride 8, a 3x3
     conv-BN-ReLU there, then upsampled, concatenated with the stride-4 lateral and fused by a 1x1
     conv-BN-ReLU (a 3x3 conv at stride 4 would cost 9x more on 2 cores for little gain).
@@ -260,10 +287,12 @@ def build_light_head(shapes: Sequence[tuple[int, ...]], num_classes: int, filter
         num_classes: output channels, background included.
         filters: decoder channels; dropout: rate before the classifier.
         size: input side ``S`` in pixels (the output is upsampled to it).
+        stride32: :func:`stride32_stages`: the stride-32 map is computed from the stride-16 input
+            by these (partly trainable) backbone stages; the cached stride-32 input is then unused.
     """
     layers = keras.layers
     inputs = [keras.Input(shape) for shape in shapes]
-    x = layers.Conv2D(filters, 1)(inputs[3])
+    x = layers.Conv2D(filters, 1)(inputs[3] if stride32 is None else stride32(inputs[2]))
     for feat in (inputs[2], inputs[1]):
         x = layers.UpSampling2D(2, interpolation="bilinear")(x)
         x = layers.Add()([x, layers.Conv2D(filters, 1)(feat)])

@@ -237,6 +237,7 @@ def test_head_restarts_run_and_an_older_state_resumes_only_with_one_head(stopped
 
     older = json.loads((tmp / "state.json").read_text())  # as a version before head_restarts wrote it
     older["config"].pop("head_restarts")
+    older["config"].pop("tune_stages")  # newer still: such a state ran with a frozen backbone
     (tmp / "older.json").write_text(json.dumps(older))
     again = sim.run_simulation(_params(tmp, f"simulate.state_file={tmp / 'older.json'}", *files))
     assert again["curves"]["hybrid"]["labelled"] == [4, 6, 8], "one head: the older state resumes"
@@ -245,3 +246,51 @@ def test_head_restarts_run_and_an_older_state_resumes_only_with_one_head(stopped
                                    *files))
     with pytest.raises(sim.BadParameterError, match="head_restarts"):
         sim.run_simulation(_params(tmp, "simulate.head_restarts=0", *files))
+
+
+def _weights(model, prefix: str) -> list[np.ndarray]:
+    return [np.array(w) for layer in model.layers if layer.name.startswith(prefix) for w in layer.get_weights()]
+
+
+def test_tune_stages_fine_tunes_the_last_backbone_stage_from_its_weights(stopped_and_resumed):
+    from cardamage.model.backbones import build_backbone, save_backbone_preset
+    from cardamage.model.frozen import evaluate_head, head_probs
+
+    tmp, _, _, _, _ = stopped_and_resumed
+    lite = ("model.backbone=efficientnetlite_b0", "model.width=1.0", f"simulate.cache_dir={tmp / 'lite_cache'}")
+    with pytest.raises(sim.BadParameterError, match="needs a backbone preset"):
+        sim.HeadTrainer(_params(tmp, *lite, "simulate.tune_stages=1"), sim.load_bank(_params(tmp), ["train"], 12))
+    preset = save_backbone_preset(build_backbone("efficientnetlite_b0", 64), tmp / "lite_preset")
+    lite += (f"model.backbone_preset={preset}",)
+    params = _params(tmp, *lite, "simulate.tune_stages=1")
+    pool = sim.load_bank(params, ["train"], 12)
+    trainer = sim.HeadTrainer(params, pool)
+    stages = trainer.stride32
+    tuned = {layer.name for layer in stages.layers if layer.trainable and layer.weights}
+    assert tuned and all(n.startswith(("block7", "top_")) for n in tuned), tuned
+    assert not any("bn" in n for n in tuned), "batch norms keep their statistics"
+    start6, start7, bn7 = (_weights(stages, p) for p in ("block6", "block7a_expand_conv", "block7a_bn"))
+
+    head = trainer.fit(pool, np.arange(4), seed=0)
+    assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(_weights(stages, "block7a_expand_conv"), start7))
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(stages, "block6"), start6)), "stage 6 stays frozen"
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(stages, "block7a_bn"), bn7))
+    x = pool.inputs(np.arange(4, 8))
+    probs = head_probs(head, x)
+    x[3] = np.zeros_like(x[3])
+    np.testing.assert_allclose(head_probs(head, x), probs, atol=1e-6, err_msg="stride 32 comes from the tuned stage")
+    assert set(evaluate_head(head, pool, 2)) == {"mean_iou", "damage_iou"}
+
+    # Another fit restarts the stage from the backbone's weights: with a learning rate of 0 it ends there.
+    trainer.params = _params(tmp, *lite, "simulate.tune_stages=1", "simulate.learning_rate=0.0")
+    trainer.fit(pool, np.arange(4, 8), seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(stages, "block7a_expand_conv"), start7))
+
+    with pytest.raises(sim.BadParameterError, match=r"2 stage\(s\) past stride 16 \(block6, block7\); got 3"):
+        sim.HeadTrainer(_params(tmp, *lite, "simulate.tune_stages=3"), pool)
+    small = sim.load_bank(_params(tmp), ["train"], 12)
+    mobile = save_backbone_preset(build_backbone("mobilenetv3_small", 64, 0.25), tmp / "mobile_preset")
+    with pytest.raises(sim.BadParameterError, match="no block<n> layers"):
+        sim.HeadTrainer(_params(tmp, "simulate.tune_stages=1", f"model.backbone_preset={mobile}"), small)
+    with pytest.raises(sim.BadParameterError, match="tune_stages"):
+        sim.run_simulation(_params(tmp, "simulate.tune_stages=-1"))
