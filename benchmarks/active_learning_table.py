@@ -47,7 +47,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"simulate.strategies={_list(args.strategies)}", f"simulate.region_strategies={_list(args.region_strategies)}",
         f"simulate.pseudo_arms={_list(args.pseudo_arms)}", f"simulate.seeds={_list(args.seeds)}",
         f"simulate.rounds={args.rounds}", f"simulate.budget={args.budget}",
-        f"simulate.head_restarts={args.head_restarts}",
+        f"simulate.head_restarts={args.head_restarts}", f"simulate.tune_stages={args.tune_stages}",
         f"simulate.cache_dir={args.cache or out / 'cache'}",
         f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
         f"simulate.plot={out / 'active_learning.png'}", f"simulate.target_metric={args.metric}"]
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: OUT/cache)")
     p.add_argument("--head-restarts", type=int, default=1,
                    help="heads averaged per fit (simulate.head_restarts; K x the training time)")
+    p.add_argument("--tune-stages", type=int, default=0,
+                   help="last backbone stages fine-tuned with the head each fit (simulate.tune_stages)")
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")

@@ -11,7 +11,10 @@ training; Adam, per-epoch cosine decay by default). MC-dropout samples only the 
 classifier (:func:`predict_head`). With ``simulate.head_restarts`` K > 1 each fit trains K heads
 from different seeds and returns a :class:`HeadEnsemble`: every prediction (evaluation, acquisition
 scores, pseudo-labels) averages their probabilities, which steadies a learner whose single restarts
-differ by about 0.01 damage IoU at the same labels.
+differ by about 0.01 damage IoU at the same labels. With ``simulate.tune_stages`` N > 0 the head also
+fine-tunes the backbone's last N stages (:func:`cardamage.model.heads.stride32_stages`): they turn the
+cached stride-16 map into the stride-32 one, so no photo passes through the backbone again; each fit
+restarts them from the preset's weights.
 """
 
 from __future__ import annotations
