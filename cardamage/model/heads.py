@@ -240,7 +240,7 @@ def stride32_stages(backbone: keras.Model, input_size: int, stages: int, label: 
     ``backbone`` between those pyramid levels, its last ``stages`` stages (and the top conv) trainable.
 
     Fine-tuning these on cached stride-16 features costs no backbone pass over the photo. Earlier
-    layers of that part stay frozen, and every batch norm keeps its ImageNet statistics (inference
+    layers of that part stay frozen, and every batch norm keeps its preset statistics (inference
     mode), as usual when fine-tuning on few labels. Stages are KerasCV's ``block{n}`` layer groups.
 
     Raises:
