@@ -88,28 +88,32 @@ def _cache_key(params: Params, split_paths: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _backbone(params: Params) -> tuple[keras.Model, dict[str, Any]]:
+    """The simulation's backbone as :func:`backbone_config` names it, and that configuration."""
+    from cardamage.model.backbones import build_backbone
+
+    cfg = backbone_config(params)
+    return build_backbone(cfg["backbone"], cfg["input_size"], cfg["width"], cfg["preset"]), cfg
+
+
 def _tuned_stages(params: Params) -> keras.Model:
     """The frozen backbone's stride-16 -> stride-32 part with its last ``simulate.tune_stages`` stages
     trainable (:func:`cardamage.model.heads.stride32_stages`)."""
-    from cardamage.model.backbones import build_backbone
     from cardamage.model.heads import stride32_stages
 
-    cfg = backbone_config(params)
-    if not cfg["preset"]:  # a random init differs per build: the stages would not be the cached features' own
+    if not backbone_config(params)["preset"]:  # a random init differs per build: not the cached features' own
         raise BadParameterError("simulate.tune_stages: needs a backbone preset (simulate.backbone_preset or "
                                 "model.backbone_preset), the weights the cached features came from")
-    backbone = build_backbone(cfg["backbone"], cfg["input_size"], cfg["width"], cfg["preset"])
+    backbone, cfg = _backbone(params)
     return stride32_stages(backbone, cfg["input_size"], params.simulate.tune_stages,
                            label=f"simulate.backbone: {cfg['backbone']}")
 
 
 def _extractor(params: Params) -> keras.Model:
     """A Keras model ``image [N,S,S,3] (RGB 0-255) -> [stride 4, 8, 16, 32 maps]`` of the frozen backbone."""
-    from cardamage.model.backbones import build_backbone
     from cardamage.model.heads import pyramid_extractor
 
-    cfg = backbone_config(params)
-    backbone = build_backbone(cfg["backbone"], cfg["input_size"], cfg["width"], cfg["preset"])
+    backbone, cfg = _backbone(params)
     return pyramid_extractor(backbone, cfg["input_size"], label=f"simulate.backbone: {cfg['backbone']}")
 
 
