@@ -19,6 +19,9 @@ interpolated linearly between rounds, so arms with rounds of different sizes com
     python benchmarks/active_learning_table.py --out reports/al_bilgi --summary-only \
         --baseline reports/al_random
 
+``--summary-only --fraction 0.9`` prints the same table at another target (90 % of the whole-pool model),
+to show how the ratio moves as the target nears an arm's plateau.
+
 Needs ``../shared/datasets/bilgi-car-damage`` and the ``import`` extra (the ImageNet backbone is
 imported into ``OUT/lite0_imagenet`` when missing). Several hours on 2 cores for 3 seeds.
 """
@@ -80,7 +83,7 @@ def table(result: dict, baseline: float | None = None) -> str:
     metric = result.get("target_metric", "mean_iou")
     if ref:
         rows.append(f"\nwhole pool ({ref['labelled']} photos): {metric} {ref[metric]:.4f}; target "
-                    f"{result['target_fraction']:.0%} = {result.get('target', result.get('target_mean_iou')):.4f}")
+                    f"{result['target_fraction'] * 100:g}% = {result.get('target', result.get('target_mean_iou')):.4f}")
     if baseline:
         rows.append(f"random whole photos, from the baseline run (larger rounds): {baseline:g} effort")
     if noise:
@@ -128,7 +131,9 @@ def summary_only(args: argparse.Namespace) -> int:
 
     state = json.loads((args.out / "state.json").read_text())
     arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
-    fraction = load_params().simulate.target_fraction  # what `cardamage simulate` read, from the same folder
+    fraction = load_params().simulate.target_fraction if args.fraction is None else args.fraction
+    if not 0.0 < fraction <= 1.0:
+        raise SystemExit(f"--fraction must be in (0, 1], got {fraction}")
     baseline = baseline_random(state, args.baseline, fraction, args.metric) if args.baseline else None
     print(table(summarise(state, arms, fraction, complete=False, metric=args.metric), baseline))
     return 0
@@ -158,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                         "interpolated crossing is the random baseline")
     p.add_argument("--summary-only", action="store_true",
                    help="print the table from OUT/state.json as it stands (no training; any --metric)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="with --summary-only: the target as a share of the whole-pool model "
+                        "(default simulate.target_fraction, 0.95), to see how the ratio moves with it")
     args = p.parse_args(argv)
     if args.summary_only:
         return summary_only(args)
+    if args.fraction is not None:
+        p.error("--fraction only applies with --summary-only (a run uses simulate.target_fraction)")
     if not (args.dataset / "train" / "_annotations.coco.json").is_file():
         print(f"{args.dataset}: bilgi-car-damage not found (see ../shared/datasets/README.md)", file=sys.stderr)
         return 2

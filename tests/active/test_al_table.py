@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from active_learning_table import baseline_random, table  # noqa: E402
+from active_learning_table import baseline_random, main, table  # noqa: E402
 
 from cardamage.active.simulate_results import crossing, summarise  # noqa: E402
 
@@ -59,3 +59,15 @@ def test_a_baseline_from_before_head_restarts_counts_as_one_head(tmp_path):
     three = _state({"budget": 5, "input_size": 128, "head_restarts": 3}, "random", 5.0, [0.1, 0.5])
     with pytest.raises(SystemExit, match="head_restarts"):
         baseline_random(three, tmp_path, 0.95, "damage_iou")
+
+
+def test_summary_only_at_another_target_fraction(tmp_path, capsys):
+    config = {"budget": 5, "rounds": 3, "input_size": 128}
+    (tmp_path / "state.json").write_text(json.dumps(_state(config, "entropy@region", 5.0, [0.1, 0.3, 0.5])))
+    assert main(["--out", str(tmp_path), "--summary-only", "--fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "target 50% = 0.2500" in out and "| 13.8 | 0: 13.8 |" in out, "0.25 crossed between 0.1 and 0.3"
+    with pytest.raises(SystemExit, match="fraction"):
+        main(["--out", str(tmp_path), "--summary-only", "--fraction", "1.5"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--fraction", "0.9"])
