@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_pretrained import BIN, DATASET, _sets, data_overrides, run  # noqa: E402
 
+from cardamage.active.simulate_results import share  # noqa: E402
+
 
 def _list(values: list) -> str:
     return "[" + ", ".join(str(v) for v in values) + "]"
@@ -83,7 +85,7 @@ def table(result: dict, baseline: float | None = None) -> str:
     metric = result.get("target_metric", "mean_iou")
     if ref:
         rows.append(f"\nwhole pool ({ref['labelled']} photos): {metric} {ref[metric]:.4f}; target "
-                    f"{result['target_fraction'] * 100:g}% = {result.get('target', result.get('target_mean_iou')):.4f}")
+                    f"{share(result['target_fraction'])} = {result.get('target', result.get('target_mean_iou')):.4f}")
     if baseline:
         rows.append(f"random whole photos, from the baseline run (larger rounds): {baseline:g} effort")
     if noise:

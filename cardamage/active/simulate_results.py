@@ -133,7 +133,7 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     if ref:
         ax.axhline(ref[metric], color="black", lw=1, label=f"whole pool ({ref['labelled']} photos)")
         ax.axhline(result["target"], color="grey", ls="--", lw=1,
-                   label=f"{result['target_fraction']:.0%} of whole pool")
+                   label=f"{share(result['target_fraction'])} of whole pool")
     ax.set_xlabel("labelling effort (photos; a region = its share of the photo + the task cost)")
     ax.set_ylabel(f"validation {METRICS[metric]}")
     ax.set_title("Active learning: mean over seeds, band = min-max")
@@ -145,6 +145,11 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def share(fraction: float) -> str:
+    """A target fraction as a percentage, as precise as given: 0.95 -> "95%", 0.925 -> "92.5%"."""
+    return f"{fraction * 100:g}%"
+
+
 def format_summary(result: dict[str, Any]) -> str:
     """A plain-text table: final value of the target metric, effort (and tasks) to reach the target per arm,
     vs random."""
@@ -152,7 +157,7 @@ def format_summary(result: dict[str, Any]) -> str:
     lines = []
     if ref:
         lines.append(f"whole pool ({ref['labelled']} photos): {METRICS[metric]} {ref[metric]:.4f}; "
-                     f"target {result['target_fraction']:.0%} = {result['target']:.4f}")
+                     f"target {share(result['target_fraction'])} = {result['target']:.4f}")
     lines.append(f"{'arm':<22} {'final':>7} {'effort to target':>17} {'tasks':>7} {'vs random':>10} "
                  f"{'interpolated':>13} {'vs random':>10}")
     efforts = result.get("effort_to_target", {})

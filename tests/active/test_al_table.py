@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from active_learning_table import baseline_random, main, table  # noqa: E402
 
-from cardamage.active.simulate_results import crossing, summarise  # noqa: E402
+from cardamage.active.simulate_results import crossing, share, summarise  # noqa: E402
 
 
 def test_crossing_is_linear_between_rounds_and_none_when_never_reached():
@@ -66,6 +66,7 @@ def test_summary_only_at_another_target_fraction(tmp_path, capsys):
     (tmp_path / "state.json").write_text(json.dumps(_state(config, "entropy@region", 5.0, [0.1, 0.3, 0.5])))
     assert main(["--out", str(tmp_path), "--summary-only", "--fraction", "0.5"]) == 0
     out = capsys.readouterr().out
+    assert share(0.925) == "92.5%" and share(0.95) == "95%", "the share as precise as given"
     assert "target 50% = 0.2500" in out and "| 13.8 | 0: 13.8 |" in out, "0.25 crossed between 0.1 and 0.3"
     with pytest.raises(SystemExit, match="fraction"):
         main(["--out", str(tmp_path), "--summary-only", "--fraction", "1.5"])
