@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", type=Path, default=DATASET)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a params override for the retrained learner, e.g. simulate.tune_stages=1 (repeatable)")
+    ap.add_argument("--no-pseudo", action="store_true",
+                    help="train a '+pseudo' run's labels without pseudo-labels (unreviewed pixels stay ignored)")
     args = ap.parse_args(argv)
 
-    from cardamage.active.pseudo import fit_with_pseudo, is_pseudo_arm
+    from cardamage.active.pseudo import base_arm, fit_with_pseudo, is_pseudo_arm
     from cardamage.active.simulate_regions import labelled_masks
     from cardamage.config import load_params
     from cardamage.model.frozen import RESTART_SEED_STEP, HeadEnsemble, HeadTrainer, evaluate_head, load_bank
@@ -69,10 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         f"simulate.cache_dir={args.cache or args.state.parent / 'cache'}", *args.set])
     pool, val = load_bank(params, params.data.train_splits, None), load_bank(params, params.data.val_splits, None)
     photos, regions, arm = labels_of(state, args.run, args.round, len(pool.paths))
+    if args.no_pseudo:
+        arm = base_arm(arm)
     index, masks = labelled_masks(pool, photos, regions, params.score.region_grid, params.labelstudio.region_margin)
     seed = 999 if args.run == "full" else int(args.run.rsplit("/", 1)[1]) * 1000 + args.round
     print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}"
-          + (f"; {' '.join(args.set)}" if args.set else ""))
+          + (f"; {' '.join(args.set)}" if args.set else "") + ("; no pseudo-labels" if args.no_pseudo else ""))
     trainer, weights, singles = HeadTrainer(params, pool), [], []
     for i in range(args.restarts):
         start, s = time.perf_counter(), seed + i * RESTART_SEED_STEP

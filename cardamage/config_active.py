@@ -78,6 +78,7 @@ class SimulateParams:
     pseudo_threshold: float = 0.9
     pseudo_ratio: float = 1.0
     pseudo_ramp_rounds: int = 3
+    pseudo_generations: int = 1
     max_pool: int | None = None
     max_val: int | None = None
     cache_dir: str = "reports/simulate_cache"

@@ -58,16 +58,23 @@ def pseudo_masks(head: Head | HeadEnsemble, bank: FeatureBank, index: np.ndarray
 
 def fit_with_pseudo(params: Params, trainer: HeadTrainer, bank: FeatureBank, index: np.ndarray,
                     masks: np.ndarray, seed: int, round_no: int) -> Head:
-    """Teacher on ``(index, masks)``, then a student on those plus pseudo-labels (see the module docstring)."""
+    """Teacher on ``(index, masks)``, then a student on those plus pseudo-labels (see the module docstring).
+
+    With ``simulate.pseudo_generations`` G > 1 each student becomes the next teacher (noisy-student
+    style): G students in all, the same pseudo-labelled photos every generation, the last one returned.
+    """
     sim = params.simulate
-    teacher = trainer.fit(bank, index, seed, masks)
-    masks = masks.copy()
+    head = trainer.fit(bank, index, seed, masks)
     unknown = (masks == IGNORE_INDEX) & (bank.masks[index] != IGNORE_INDEX)
-    if unknown.any():  # photos labelled by regions: fill their unreviewed pixels
-        filled = pseudo_masks(teacher, bank, index, sim.pseudo_threshold)
-        masks[unknown] = filled[unknown]
     rest = np.setdiff1d(np.arange(len(bank.paths)), index)
     ratio = sim.pseudo_ratio * ramp_value(round_no, sim.pseudo_ramp_rounds)
     chosen = np.asarray(draw_photos(rest, len(index), ratio, len(rest), seed), dtype=rest.dtype)
-    extra = pseudo_masks(teacher, bank, chosen, sim.pseudo_threshold)
-    return trainer.fit(bank, np.concatenate([index, chosen]), seed + 1, np.concatenate([masks, extra]))
+    for generation in range(sim.pseudo_generations):
+        student = masks.copy()
+        if unknown.any():  # photos labelled by regions: fill their unreviewed pixels
+            student[unknown] = pseudo_masks(head, bank, index, sim.pseudo_threshold)[unknown]
+        extra = pseudo_masks(head, bank, chosen, sim.pseudo_threshold)
+        # the trainer reuses one model: the teacher's labels are taken above, before it is refitted
+        head = trainer.fit(bank, np.concatenate([index, chosen]), seed + 1 + generation,
+                           np.concatenate([student, extra]))
+    return head

@@ -127,13 +127,14 @@ def _config(params: Params, n_pool: int, n_val: int) -> dict[str, Any]:
             "task_cost": sim.task_cost, "region_grid": params.score.region_grid,
             "region_margin": params.labelstudio.region_margin,
             "max_regions_per_photo": params.select.max_regions_per_photo,
-            "pseudo": [sim.pseudo_threshold, sim.pseudo_ratio, sim.pseudo_ramp_rounds]}
+            "pseudo": [sim.pseudo_threshold, sim.pseudo_ratio, sim.pseudo_ramp_rounds],
+            "pseudo_generations": sim.pseudo_generations}
 
 
 #: Config keys that may change between runs of one state: more rounds extend the finished runs.
 _EXTENDABLE = ("rounds",)
 #: Keys newer than some saved states, with the value such a state was run with.
-NEWER_KEYS = {"head_restarts": 1, "tune_stages": 0}
+NEWER_KEYS = {"head_restarts": 1, "tune_stages": 0, "pseudo_generations": 1}
 
 
 def saved_config(state: dict[str, Any]) -> dict[str, Any]:
@@ -268,9 +269,9 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     if sim.initial < 1 or sim.budget < 1 or sim.rounds < 0 or sim.head_restarts < 1:
         raise BadParameterError(f"simulate: initial, budget and head_restarts must be >= 1 and rounds >= 0, got "
                          f"{sim.initial} / {sim.budget} / {sim.head_restarts} / {sim.rounds}")
-    if sim.tune_stages < 0:
-        raise BadParameterError(f"simulate.tune_stages: must be >= 0 (0: the backbone stays frozen), got "
-                                f"{sim.tune_stages}")
+    if sim.tune_stages < 0 or sim.pseudo_generations < 1:
+        raise BadParameterError(f"simulate: tune_stages must be >= 0 (0: the backbone stays frozen) and "
+                                f"pseudo_generations >= 1, got {sim.tune_stages} / {sim.pseudo_generations}")
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
     if sim.initial + sim.rounds * sim.budget > len(pool.paths):

@@ -294,3 +294,38 @@ def test_tune_stages_fine_tunes_the_last_backbone_stage_from_its_weights(stopped
         sim.HeadTrainer(_params(tmp, "simulate.tune_stages=1", f"model.backbone_preset={mobile}"), small)
     with pytest.raises(sim.BadParameterError, match="tune_stages"):
         sim.run_simulation(_params(tmp, "simulate.tune_stages=-1"))
+
+
+def test_pseudo_generations_teach_each_student_with_the_last(stopped_and_resumed):
+    from cardamage.active.pseudo import fit_with_pseudo, pseudo_masks
+
+    tmp, _, _, _, _ = stopped_and_resumed
+    params = _params(tmp, "simulate.pseudo_generations=2", "simulate.pseudo_threshold=0.5")
+    pool = sim.load_bank(params, ["train"], 12)
+    trainer, calls = sim.HeadTrainer(params, pool), []
+    real_fit, everyone = trainer.fit, np.arange(len(pool.paths))
+
+    def spy(bank, index, seed, masks=None):  # the real fit, then what the fitted head would pseudo-label
+        head = real_fit(bank, index, seed, masks)
+        calls.append((np.array(index), seed, np.array(masks), pseudo_masks(head, bank, everyone, 0.5)))
+        return head
+
+    trainer.fit = spy
+    index, masks = np.arange(4), pool.masks[:4].copy()
+    half = masks.shape[2] // 2
+    masks[3, :, :half] = 255  # photo 3 labelled by a region: its left half unreviewed
+    fit_with_pseudo(params, trainer, pool, index, masks, seed=7, round_no=5)
+    assert [c[1] for c in calls] == [7, 8, 9], "a teacher, then two students"
+    assert not np.array_equal(calls[0][3], calls[1][3]), "the first student labels otherwise than its teacher"
+    np.testing.assert_array_equal(calls[0][2], masks)
+    for (_, _, _, taught_by), (seen, _, student, _) in zip(calls[:2], calls[1:]):
+        chosen = seen[4:]
+        assert len(chosen) == 4 and set(chosen) <= set(range(4, 12)), "pseudo-labelled photos from the rest"
+        np.testing.assert_array_equal(seen, calls[1][0])  # the same photos every generation
+        np.testing.assert_array_equal(student[4:], taught_by[chosen])  # the last head labels the extra photos
+        np.testing.assert_array_equal(student[:3], masks[:3])  # human labels stay
+        np.testing.assert_array_equal(student[3, :, half:], masks[3, :, half:])
+        unknown = pool.masks[3, :, :half] != 255
+        np.testing.assert_array_equal(student[3, :, :half][unknown], taught_by[3, :, :half][unknown])
+    with pytest.raises(sim.BadParameterError, match="pseudo_generations"):
+        sim.run_simulation(_params(tmp, "simulate.pseudo_generations=0"))
