@@ -11,6 +11,10 @@ their mean is what averaging buys.
     python benchmarks/head_restarts_probe.py --state reports/al_bilgi/state.json \
         --preset reports/al_bilgi/lite0_imagenet --run entropy@region+pseudo/2 --round 9 --restarts 3
 
+``--no-pseudo`` trains a ``+pseudo`` run's labels alone (what the pseudo-labels add at those picks);
+``--set simulate.pseudo_threshold=0.8`` or ``--set simulate.pseudo_generations=2`` tries another
+pseudo-labelling at them (neither changes the whole-pool reference or random, which use none).
+
 Uses the run's feature cache (``--cache``, default: the state's folder ``cache``). Needs
 ``../shared/datasets/bilgi-car-damage``. About 5 min a restart for a region + pseudo-label round on
 2 cores.
