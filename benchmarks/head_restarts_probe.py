@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train a '+pseudo' run's labels without pseudo-labels (unreviewed pixels stay ignored)")
     args = ap.parse_args(argv)
 
-    from cardamage.active.pseudo import base_arm, fit_with_pseudo, is_pseudo_arm
-    from cardamage.active.simulate_regions import labelled_masks
+    from cardamage.active.pseudo import base_arm
+    from cardamage.active.simulate import fit_run
     from cardamage.config import load_params
     from cardamage.model.frozen import RESTART_SEED_STEP, HeadEnsemble, HeadTrainer, evaluate_head, load_bank
 
@@ -77,17 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     photos, regions, arm = labels_of(state, args.run, args.round, len(pool.paths))
     if args.no_pseudo:
         arm = base_arm(arm)
-    index, masks = labelled_masks(pool, photos, regions, params.score.region_grid, params.labelstudio.region_margin)
+    run = {"labelled": photos, "regions": regions, "strategy": arm}
     seed = 999 if args.run == "full" else int(args.run.rsplit("/", 1)[1]) * 1000 + args.round
     print(f"{args.run} round {args.round}: {len(photos)} photos, {len(regions)} regions; seed {seed}"
           + (f"; {' '.join(args.set)}" if args.set else "") + ("; no pseudo-labels" if args.no_pseudo else ""))
     trainer, weights, singles = HeadTrainer(params, pool), [], []
     for i in range(args.restarts):
         start, s = time.perf_counter(), seed + i * RESTART_SEED_STEP
-        if is_pseudo_arm(arm):
-            head = fit_with_pseudo(params, trainer, pool, index, masks, s, args.round)
-        else:
-            head = trainer.fit(pool, index, s, masks)
+        head = fit_run(params, trainer, pool, run, s, args.round)
         weights.append(head.model.get_weights())
         singles.append(evaluate_head(head, val, trainer.num_classes)["damage_iou"])
         ensemble = evaluate_head(HeadEnsemble(head, weights), val, trainer.num_classes)["damage_iou"]

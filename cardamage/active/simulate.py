@@ -182,12 +182,12 @@ def run_one(params: Params, state: dict[str, Any], state_path: Path, trainer: He
     history = run["history"]
     if history and _tasks(run) == history[-1].get("tasks", history[-1]["labelled"]) and len(history) <= last:
         prev = len(history) - 1
-        _select(params, run, prev, _fit(params, trainer, pool, run, seed * 1000 + prev, prev), pool)
+        _select(params, run, prev, fit_run(params, trainer, pool, run, seed * 1000 + prev, prev), pool)
         write_json(state_path, state)
     while len(history) <= last:
         round_no = len(history)
         start = time.perf_counter()
-        head = _fit(params, trainer, pool, run, seed * 1000 + round_no, round_no)
+        head = fit_run(params, trainer, pool, run, seed * 1000 + round_no, round_no)
         metrics = evaluate_head(head, val, num_classes)
         effort, tasks = effort_of(pool, run["labelled"], run["regions"], params.score.region_grid,
                                   params.labelstudio.region_margin, sim.task_cost)
@@ -206,10 +206,13 @@ def _tasks(run: dict[str, Any]) -> int:
     return len(run["labelled"]) + len(run["regions"])
 
 
-def _fit(params: Params, trainer: HeadTrainer, pool: FeatureBank, run: dict[str, Any], seed: int,
-         round_no: int) -> Head:
+def fit_run(params: Params, trainer: HeadTrainer, pool: FeatureBank, run: dict[str, Any], seed: int,
+            round_no: int) -> Head:
     """Train a head on what ``run`` has labelled (whole photos, and crops of the others); a ``+pseudo``
-    arm adds confident pseudo-labels (:mod:`cardamage.active.pseudo`)."""
+    arm adds confident pseudo-labels (:mod:`cardamage.active.pseudo`).
+
+    ``run``: ``{"labelled": [photo], "regions": [[photo, cell]], "strategy": arm}`` (a saved run's
+    keys); ``seed``: the fit's seed, ``round_no``: the round (it ramps the pseudo-labels up)."""
     if not run["regions"] and not is_pseudo_arm(run["strategy"]):
         return trainer.fit(pool, np.array(run["labelled"]), seed)
     index, masks = labelled_masks(pool, run["labelled"], run["regions"], params.score.region_grid,
