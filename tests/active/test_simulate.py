@@ -305,8 +305,16 @@ def test_pseudo_generations_teach_each_student_with_the_last(stopped_and_resumed
     trainer, calls = sim.HeadTrainer(params, pool), []
     real_fit, everyone = trainer.fit, np.arange(len(pool.paths))
 
-    def spy(bank, index, seed, masks=None):  # the real fit, then what the fitted head would pseudo-label
+    def spy(bank, index, seed, masks=None):
+        """The real fit, then its classifier pinned to one class, alternating per fit (teacher: damage,
+        first student: background, ...), so which head taught which student shows in the labels
+        whatever a tiny head learns; then what that head pseudo-labels."""
         head = real_fit(bank, index, seed, masks)
+        classifier = head.tail.layers[-1]
+        kernel, bias = classifier.get_weights()
+        pinned = np.full_like(bias, -20.0)
+        pinned[(len(calls) + 1) % len(bias)] = 20.0
+        classifier.set_weights([np.zeros_like(kernel), pinned])
         calls.append((np.array(index), seed, np.array(masks), pseudo_masks(head, bank, everyone, 0.5)))
         return head
 
@@ -316,7 +324,8 @@ def test_pseudo_generations_teach_each_student_with_the_last(stopped_and_resumed
     masks[3, :, :half] = 255  # photo 3 labelled by a region: its left half unreviewed
     fit_with_pseudo(params, trainer, pool, index, masks, seed=7, round_no=5)
     assert [c[1] for c in calls] == [7, 8, 9], "a teacher, then two students"
-    assert not np.array_equal(calls[0][3], calls[1][3]), "the first student labels otherwise than its teacher"
+    assert {int(v) for v in np.unique(calls[0][3])} <= {1, 255} and 1 in calls[0][3], "the pinned teacher"
+    assert {int(v) for v in np.unique(calls[1][3])} <= {0, 255} and 0 in calls[1][3], "the pinned student"
     np.testing.assert_array_equal(calls[0][2], masks)
     for (_, _, _, taught_by), (seen, _, student, _) in zip(calls[:2], calls[1:]):
         chosen = seen[4:]
