@@ -222,7 +222,9 @@ class HeadTrainer:
     """Trains heads of one shape many times, compiling once (a fresh Keras model per round costs seconds).
 
     Each :meth:`fit` starts from the initial weights a newly built head would get for its seed, with
-    a reset optimizer and class weights from the labelled pixels (``train.class_weighting``).
+    a reset optimizer, dropout random state reset from the seed (so a fit depends on its seed and
+    labels, not on what the process fitted or scored before) and class weights from the labelled
+    pixels (``train.class_weighting``).
     """
 
     def __init__(self, params: Params, bank: FeatureBank):
@@ -246,6 +248,9 @@ class HeadTrainer:
                                                                       dice_weight=params.train.dice_weight))
         optimizer.build(self.model.trainable_variables)
         self._optimizer_start = [np.array(v.numpy()) for v in optimizer.variables]
+        # Dropout's random state lives outside get_weights(): without a reset each fit's masks would
+        # depend on every fit and MC-dropout call before it in the process.
+        self._seed_states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
 
     def _build(self) -> Head:
         from cardamage.model.heads import build_light_head
@@ -283,6 +288,9 @@ class HeadTrainer:
             self.stride32.set_weights(self._stride32_start)
         for var, value in zip(self.model.optimizer.variables, self._optimizer_start):
             var.assign(value)
+        first = int(np.random.default_rng(seed).integers(1, 2**30))
+        for i, state in enumerate(self._seed_states):  # dropout draws: a function of the seed alone
+            state.assign(np.array([first + i, 0], dtype=state.dtype))
         masks = bank.masks[index] if masks is None else masks
         counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=self.num_classes)[:self.num_classes]
         self.class_weights.assign(class_weights_from_counts(counts, train.class_weighting, train.max_class_weight))

@@ -338,3 +338,23 @@ def test_pseudo_generations_teach_each_student_with_the_last(stopped_and_resumed
         np.testing.assert_array_equal(student[3, :, :half][unknown], taught_by[3, :, :half][unknown])
     with pytest.raises(sim.BadParameterError, match="pseudo_generations"):
         sim.run_simulation(_params(tmp, "simulate.pseudo_generations=0"))
+
+
+def test_a_fit_depends_on_its_seed_and_labels_not_on_what_came_before(stopped_and_resumed):
+    """Dropout's random state lives outside get_weights(): each fit must reset it from its seed, or
+    MC-dropout scoring and earlier fits in the process change the next fit (run vs retrain)."""
+    from cardamage.model.frozen import head_probs, predict_head
+
+    tmp, _, _, _, _ = stopped_and_resumed
+    params = _params(tmp)
+    pool = sim.load_bank(params, ["train"], 12)
+    every, index = np.arange(len(pool.paths)), np.arange(8)
+    trainer = sim.HeadTrainer(params, pool)
+    first = head_probs(trainer.fit(pool, index, seed=3), pool.inputs(every))
+    for _ in predict_head(trainer.head, pool, every, mc_samples=4):  # advances the dropout state
+        pass
+    trainer.fit(pool, index, seed=4)
+    again = head_probs(trainer.fit(pool, index, seed=3), pool.inputs(every))
+    np.testing.assert_allclose(again, first, atol=1e-5, err_msg="the same seed and labels, the same head")
+    fresh = head_probs(sim.HeadTrainer(params, pool).fit(pool, index, seed=3), pool.inputs(every))
+    np.testing.assert_allclose(fresh, first, atol=1e-5, err_msg="a new trainer (a new process) agrees")
