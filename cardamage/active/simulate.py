@@ -53,7 +53,7 @@ from cardamage.active.simulate_regions import (
     labelled_masks,
     select_regions_round,
 )
-from cardamage.active.simulate_results import plot_curves, summarise
+from cardamage.active.simulate_results import check_fraction, plot_curves, summarise
 from cardamage.active.strategies import MC_SAMPLES, ScoreBatch, SelectContext, get_strategy, strategy_names
 from cardamage.config import Params
 from cardamage.data.reviewed import IGNORE_INDEX
@@ -275,6 +275,7 @@ def run_simulation(params: Params, max_rounds: int | None = None, fresh: bool = 
     if sim.tune_stages < 0 or sim.pseudo_generations < 1:
         raise BadParameterError(f"simulate: tune_stages must be >= 0 (0: the backbone stays frozen) and "
                                 f"pseudo_generations >= 1, got {sim.tune_stages} / {sim.pseudo_generations}")
+    check_fraction(sim.target_fraction)  # before hours of training, not at the summary
     pool = load_bank(params, params.data.train_splits, sim.max_pool)
     val = load_bank(params, params.data.val_splits, sim.max_val)
     if sim.initial + sim.rounds * sim.budget > len(pool.paths):

@@ -20,6 +20,13 @@ from cardamage.fileio import atomic_path
 METRICS = {"mean_iou": "mean IoU", "damage_iou": "damage IoU"}
 
 
+def check_fraction(fraction: float) -> None:
+    """Refuse a target that is not a share of the whole-pool model, in (0, 1]."""
+    if not 0 < fraction <= 1:
+        raise BadParameterError(f"simulate.target_fraction: a share of the whole-pool model in (0, 1], "
+                                f"got {fraction}")
+
+
 def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
               complete: bool = True, *, metric: str) -> dict[str, Any]:
     """Curves per strategy (mean, std, min, max over seeds) and labels needed to reach the target.
@@ -31,6 +38,7 @@ def summarise(state: dict[str, Any], strategies: Sequence[str], fraction: float,
     """
     if metric not in METRICS:
         raise BadParameterError(f"simulate.target_metric: one of {', '.join(METRICS)}, got {metric!r}")
+    check_fraction(fraction)
     ref = state.get("full_pool")
     target = fraction * ref[metric] if ref else None
     curves: dict[str, Any] = {}

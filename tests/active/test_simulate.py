@@ -137,6 +137,10 @@ def test_the_target_can_be_damage_iou_with_its_own_bands():
     assert "damage IoU 0.4000" in results.format_summary(by_damage)
     with pytest.raises(results.BadParameterError, match="simulate.target_metric"):
         results.summarise(state, ["random"], 0.95, metric="pixel_accuracy")
+    assert results.summarise(state, ["random"], 1.0, metric="damage_iou")["target"] == pytest.approx(0.4)
+    for fraction in (0.0, 95, -0.5):  # 95 is a percentage typed as a share: refused, not "never reached"
+        with pytest.raises(results.BadParameterError, match=r"target_fraction: a share .* in \(0, 1\], got"):
+            results.summarise(state, ["random"], fraction, metric="damage_iou")
 
 
 def test_a_region_arm_spends_the_same_effort_on_crops(stopped_and_resumed):
@@ -338,6 +342,8 @@ def test_pseudo_generations_teach_each_student_with_the_last(stopped_and_resumed
         np.testing.assert_array_equal(student[3, :, :half][unknown], taught_by[3, :, :half][unknown])
     with pytest.raises(sim.BadParameterError, match="pseudo_generations"):
         sim.run_simulation(_params(tmp, "simulate.pseudo_generations=0"))
+    with pytest.raises(sim.BadParameterError, match="target_fraction"):  # refused before any training
+        sim.run_simulation(_params(tmp, "simulate.target_fraction=1.5"))
 
 
 def test_a_fit_depends_on_its_seed_and_labels_not_on_what_came_before(stopped_and_resumed):
