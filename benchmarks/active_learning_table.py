@@ -19,6 +19,10 @@ interpolated linearly between rounds, so arms with rounds of different sizes com
     python benchmarks/active_learning_table.py --out reports/al_bilgi --summary-only \
         --baseline reports/al_random
 
+Seeds run apart (another machine, another ``--out``: copy the first run's ``state.json`` there with
+its ``runs`` emptied, so the whole-pool reference is not fitted again) join in the table with
+``--summary-only --also OTHER_OUT``, and several random runs with ``--baseline DIR DIR``.
+
 ``--summary-only --fraction 0.9`` prints the same table at another target (90 % of the whole-pool model),
 to show how the ratio moves as the target nears an arm's plateau.
 
@@ -103,8 +107,24 @@ def _opt(value: float | None, fmt: str) -> str:
     return fmt.format(value) if value else "-"
 
 
-def baseline_random(state: dict, folder: Path, fraction: float, metric: str) -> float | None:
-    """Interpolated effort at which the random arm of the run in ``folder`` reaches this run's target.
+def load_states(folders: list[Path]) -> dict:
+    """The saved states of ``folders`` (runs of one simulation, e.g. seeds run apart) as one state."""
+    from cardamage.active.simulate import merge_states
+    from cardamage.errors import BadInputError
+
+    paths = [folder / "state.json" for folder in folders]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SystemExit(f"no saved state: {', '.join(missing)}")
+    try:
+        return merge_states([json.loads(path.read_text()) for path in paths], [str(path) for path in paths])
+    except BadInputError as err:
+        raise SystemExit(str(err)) from None
+
+
+def baseline_random(state: dict, folders: list[Path], fraction: float, metric: str) -> float | None:
+    """Interpolated effort at which the random arm of the run in ``folders`` (one state, or several
+    merged: :func:`load_states`) reaches this run's target.
 
     ``state``: this run's saved state or its result JSON (either has ``config`` and ``full_pool``).
 
@@ -115,12 +135,12 @@ def baseline_random(state: dict, folder: Path, fraction: float, metric: str) -> 
     from cardamage.active.simulate import saved_config
     from cardamage.active.simulate_results import summarise
 
-    other = json.loads((folder / "state.json").read_text())
+    other = load_states(folders)
     mine, theirs = saved_config(state), saved_config(other)
     differ = sorted(k for k in set(mine) | set(theirs)
                     if k not in ("rounds", "budget") and mine.get(k) != theirs.get(k))
     if differ:
-        raise SystemExit(f"{folder}: not the same simulation as this one (differs in {', '.join(differ)})")
+        raise SystemExit(f"{folders[0]}: not the same simulation as this one (differs in {', '.join(differ)})")
     other["full_pool"] = state["full_pool"]
     result = summarise(other, ["random"], fraction, complete=False, metric=metric)
     return result["effort_to_target_interpolated"].get("random")
@@ -131,7 +151,7 @@ def summary_only(args: argparse.Namespace) -> int:
     from cardamage.active.simulate_results import summarise
     from cardamage.config import load_params
 
-    state = json.loads((args.out / "state.json").read_text())
+    state = load_states([args.out, *args.also])
     arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
     fraction = load_params().simulate.target_fraction if args.fraction is None else args.fraction
     if not 0.0 < fraction <= 1.0:
@@ -160,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")
-    p.add_argument("--baseline", type=Path, default=None,
+    p.add_argument("--baseline", type=Path, nargs="+", default=None,
                    help="a run of the random arm with larger rounds (--budget) whose "
-                        "interpolated crossing is the random baseline")
+                        "interpolated crossing is the random baseline (several folders: their seeds joined)")
+    p.add_argument("--also", type=Path, nargs="*", default=[],
+                   help="with --summary-only: more runs of this simulation (e.g. other seeds, run "
+                        "elsewhere) whose seeds join OUT's in the table")
     p.add_argument("--summary-only", action="store_true",
                    help="print the table from OUT/state.json as it stands (no training; any --metric)")
     p.add_argument("--fraction", type=float, default=None,
@@ -171,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.summary_only:
         return summary_only(args)
-    if args.fraction is not None:
-        p.error("--fraction only applies with --summary-only (a run uses simulate.target_fraction)")
+    if args.fraction is not None or args.also:
+        p.error("--fraction and --also only apply with --summary-only (a run uses simulate.target_fraction)")
     if not (args.dataset / "train" / "_annotations.coco.json").is_file():
         print(f"{args.dataset}: bilgi-car-damage not found (see ../shared/datasets/README.md)", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,40 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
     state["config"] = config
     log.info("resuming from %s", path)
     return state
+
+
+def merge_states(states: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """One state from several runs of the same simulation (e.g. seeds run on different machines).
+
+    The configurations must match apart from ``rounds``; runs and whole-pool reference fits are
+    joined (the reference's means over the union of its seeds), and a run or reference seed held by
+    two states must hold the same figures. ``names`` name the states in errors (their files).
+
+    Raises:
+        BadInputError: the states are of different simulations, or disagree on a run.
+    """
+    if len(states) == 1:
+        return states[0]
+    first = {k: v for k, v in saved_config(states[0]).items() if k not in _EXTENDABLE}
+    merged = {"config": states[0].get("config"), "runs": {}, "full_pool": states[0].get("full_pool")}
+    refs: dict[int, dict[str, Any]] = {}
+    for state, name in zip(states, names):
+        config = {k: v for k, v in saved_config(state).items() if k not in _EXTENDABLE}
+        if config != first:
+            differ = sorted(k for k in set(config) | set(first) if config.get(k) != first.get(k))
+            raise BadInputError(f"{name}: another simulation than {names[0]} (differs in {', '.join(differ)})")
+        for key, run in state["runs"].items():
+            if merged["runs"].setdefault(key, run) != run:
+                raise BadInputError(f"{name}: run {key} differs from the one in an earlier state")
+        for ref in (state.get("full_pool") or {}).get("runs", []):
+            if refs.setdefault(ref["seed"], ref) != ref:
+                raise BadInputError(f"{name}: the whole-pool fit of seed {ref['seed']} differs from an earlier state's")
+    if refs:
+        runs = [refs[seed] for seed in sorted(refs)]
+        labelled = next(s["full_pool"]["labelled"] for s in states if s.get("full_pool"))
+        merged["full_pool"] = {"runs": runs, "labelled": labelled,
+                               **{m: float(np.mean([r[m] for r in runs])) for m in ("mean_iou", "damage_iou")}}
+    return merged
 
 
 def run_one(params: Params, state: dict[str, Any], state_path: Path, trainer: HeadTrainer, strategy: str,

@@ -37,7 +37,7 @@ def test_baseline_random_from_a_run_with_larger_rounds(tmp_path):
     main = _state(config, "entropy@region", 5.0, [0.1, 0.3, 0.5])  # target 0.475: crossed at 19.375
     other = _state({**config, "budget": 50, "rounds": 2}, "random", 50.0, [0.1, 0.4, 0.55], full=0.9)
     (tmp_path / "state.json").write_text(json.dumps(other))
-    base = baseline_random(main, tmp_path, 0.95, "damage_iou")
+    base = baseline_random(main, [tmp_path], 0.95, "damage_iou")
     assert base == 85.0, "judged against this run's target (0.475), not the other run's whole pool"
     text = table(summarise(main, ["entropy@region"], 0.95, complete=False, metric="damage_iou"), base)
     assert "| 19.4 | 0: 19.4 | 0.23x |" in text and "baseline run" in text
@@ -48,17 +48,17 @@ def test_baseline_of_another_configuration_is_refused(tmp_path):
     other = _state({"budget": 50, "input_size": 256}, "random", 50.0, [0.1, 0.5])
     (tmp_path / "state.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="input_size"):
-        baseline_random(main, tmp_path, 0.95, "damage_iou")
+        baseline_random(main, [tmp_path], 0.95, "damage_iou")
 
 
 def test_a_baseline_from_before_head_restarts_counts_as_one_head(tmp_path):
     old = _state({"budget": 50, "input_size": 128}, "random", 50.0, [0.1, 0.5])  # no head_restarts key
     (tmp_path / "state.json").write_text(json.dumps(old))
     one = _state({"budget": 5, "input_size": 128, "head_restarts": 1}, "random", 5.0, [0.1, 0.5])
-    assert baseline_random(one, tmp_path, 0.95, "damage_iou") is not None
+    assert baseline_random(one, [tmp_path], 0.95, "damage_iou") is not None
     three = _state({"budget": 5, "input_size": 128, "head_restarts": 3}, "random", 5.0, [0.1, 0.5])
     with pytest.raises(SystemExit, match="head_restarts"):
-        baseline_random(three, tmp_path, 0.95, "damage_iou")
+        baseline_random(three, [tmp_path], 0.95, "damage_iou")
 
 
 def test_summary_only_at_another_target_fraction(tmp_path, capsys):
@@ -72,3 +72,44 @@ def test_summary_only_at_another_target_fraction(tmp_path, capsys):
         main(["--out", str(tmp_path), "--summary-only", "--fraction", "1.5"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--fraction", "0.9"])
+
+
+def _seed(state: dict, seed: int, full: float) -> dict:
+    """``state``'s one run and whole-pool fit renamed to ``seed``."""
+    (key, run), = state["runs"].items()
+    state["runs"] = {f"{run['strategy']}/{seed}": {**run, "seed": seed}}
+    state["full_pool"]["runs"] = [{"seed": seed, "mean_iou": full, "damage_iou": full}]
+    return state
+
+
+def test_seeds_run_apart_join_in_one_table(tmp_path, capsys):
+    from cardamage.active.simulate import merge_states
+    from cardamage.errors import BadInputError
+
+    config = {"budget": 5, "rounds": 3, "input_size": 128}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, seed, values, full in ((one, 0, [0.1, 0.3, 0.5], 0.5), (two, 1, [0.1, 0.5, 0.6], 0.7)):
+        folder.mkdir()
+        state = _seed(_state({**config, "rounds": 2 + seed}, "entropy@region", 5.0, values), seed, full)
+        (folder / "state.json").write_text(json.dumps(state))
+    states = [json.loads((f / "state.json").read_text()) for f in (one, two)]
+    merged = merge_states(states, ["one", "two"])
+    assert sorted(merged["runs"]) == ["entropy@region/0", "entropy@region/1"], "rounds may differ"
+    assert merged["full_pool"]["damage_iou"] == pytest.approx(0.6), "the reference over both seeds"
+    assert merge_states([states[0], states[0]], ["a", "b"])["runs"] == states[0]["runs"], "the same run twice"
+    assert main(["--out", str(one), "--summary-only", "--also", str(two)]) == 0
+    out = capsys.readouterr().out
+    assert "target 95% = 0.5700" in out, "the reference over both seeds' whole-pool fits"
+    assert "| 0: > 20, 1: 18.5 |" in out, "seed 1 crosses 0.57 between 0.5 and 0.6; seed 0 never does"
+
+    changed = json.loads(json.dumps(states[1]))
+    changed["runs"]["entropy@region/1"]["history"][1]["damage_iou"] = 0.2
+    with pytest.raises(BadInputError, match=r"two: run entropy@region/1 differs"):
+        merge_states([states[1], changed], ["one", "two"])
+    changed = {**states[1], "config": {**config, "input_size": 256}}
+    with pytest.raises(BadInputError, match=r"two: another simulation than one \(differs in input_size\)"):
+        merge_states([states[0], changed], ["one", "two"])
+    with pytest.raises(SystemExit, match="no saved state"):
+        main(["--out", str(one), "--summary-only", "--also", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        main(["--out", str(one), "--also", str(two)])  # --also is for the summary
