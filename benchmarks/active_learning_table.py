@@ -19,8 +19,8 @@ interpolated linearly between rounds, so arms with rounds of different sizes com
     python benchmarks/active_learning_table.py --out reports/al_bilgi --summary-only \
         --baseline reports/al_random
 
-Seeds run apart (another machine, another ``--out``: copy the first run's ``state.json`` there with
-its ``runs`` emptied, so the whole-pool reference is not fitted again) join in the table with
+Seeds run apart (another machine, another ``--out`` started with ``--reference-from FIRST_OUT``, so
+the whole-pool reference is taken over instead of fitted again) join in the table with
 ``--summary-only --also OTHER_OUT``, and several random runs with ``--baseline DIR DIR``.
 
 ``--summary-only --fraction 0.9`` prints the same table at another target (90 % of the whole-pool model),
@@ -122,6 +122,21 @@ def load_states(folders: list[Path]) -> dict:
         raise SystemExit(str(err)) from None
 
 
+def take_reference(source: Path, out: Path) -> None:
+    """Start ``out/state.json`` as ``source/state.json`` with no runs: its whole-pool reference (and
+    configuration) without its seeds. Refused when ``out`` already holds a state; the simulation then
+    refuses any setting that differs from the source's."""
+    from cardamage.fileio import write_json
+
+    src, dest = source / "state.json", out / "state.json"
+    if dest.is_file():
+        raise SystemExit(f"--reference-from: {dest} exists (it already has a reference); drop the flag to resume")
+    state = load_states([source])
+    if not state.get("full_pool"):
+        raise SystemExit(f"--reference-from: {src} has no whole-pool reference yet")
+    write_json(dest, {**state, "runs": {}})
+
+
 def baseline_random(state: dict, folders: list[Path], fraction: float, metric: str) -> float | None:
     """Interpolated effort at which the random arm of the run in ``folders`` (one state, or several
     merged: :func:`load_states`) reaches this run's target.
@@ -132,13 +147,11 @@ def baseline_random(state: dict, folders: list[Path], fraction: float, metric: s
     the same curve further for less training; every other setting must match. The target is this
     run's whole-pool reference, so both arms are judged against one figure.
     """
-    from cardamage.active.simulate import saved_config
+    from cardamage.active.simulate import differing_keys, saved_config
     from cardamage.active.simulate_results import summarise
 
     other = load_states(folders)
-    mine, theirs = saved_config(state), saved_config(other)
-    differ = sorted(k for k in set(mine) | set(theirs)
-                    if k not in ("rounds", "budget") and mine.get(k) != theirs.get(k))
+    differ = differing_keys(saved_config(state), saved_config(other), ignore=("rounds", "budget"))
     if differ:
         raise SystemExit(f"{folders[0]}: not the same simulation as this one (differs in {', '.join(differ)})")
     other["full_pool"] = state["full_pool"]
@@ -148,14 +161,17 @@ def baseline_random(state: dict, folders: list[Path], fraction: float, metric: s
 
 def summary_only(args: argparse.Namespace) -> int:
     """The table of the saved state (every arm and seed run so far), for ``args.metric``."""
-    from cardamage.active.simulate_results import summarise
+    from cardamage.active.simulate_results import check_fraction, summarise
     from cardamage.config import load_params
+    from cardamage.errors import BadParameterError
 
+    fraction = load_params().simulate.target_fraction if args.fraction is None else args.fraction
+    try:
+        check_fraction(fraction)
+    except BadParameterError as err:
+        raise SystemExit(f"--fraction: {err}") from None
     state = load_states([args.out, *args.also])
     arms = list(dict.fromkeys(r["strategy"] for r in state["runs"].values()))
-    fraction = load_params().simulate.target_fraction if args.fraction is None else args.fraction
-    if not 0.0 < fraction <= 1.0:
-        raise SystemExit(f"--fraction must be in (0, 1], got {fraction}")
     baseline = baseline_random(state, args.baseline, fraction, args.metric) if args.baseline else None
     print(table(summarise(state, arms, fraction, complete=False, metric=args.metric), baseline))
     return 0
@@ -177,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="heads averaged per fit (simulate.head_restarts; K x the training time)")
     p.add_argument("--tune-stages", type=int, default=0,
                    help="last backbone stages fine-tuned with the head each fit (simulate.tune_stages)")
+    p.add_argument("--reference-from", type=Path, default=None,
+                   help="start a new OUT from this run's whole-pool reference (more seeds run apart; "
+                        "join them with --summary-only --also)")
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")
@@ -192,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --summary-only: the target as a share of the whole-pool model "
                         "(default simulate.target_fraction, 0.95), to see how the ratio moves with it")
     args = p.parse_args(argv)
+    if args.summary_only and args.reference_from:
+        p.error("--reference-from starts a run; --summary-only runs nothing")
     if args.summary_only:
         return summary_only(args)
     if args.fraction is not None or args.also:
@@ -200,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.dataset}: bilgi-car-damage not found (see ../shared/datasets/README.md)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reference_from:
+        take_reference(args.reference_from, args.out)
     args.preset = args.preset or args.out / "lite0_imagenet"
     log = args.out / "simulate.log"
     if not (args.preset / "config.json").is_file():

@@ -143,6 +143,11 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
     return {**NEWER_KEYS, **(state.get("config") or {})}
 
 
+def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: Sequence[str] = _EXTENDABLE) -> list[str]:
+    """The configuration keys (sorted) whose values differ between ``a`` and ``b``, apart from ``ignore``."""
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+
 def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """The saved state for ``config`` (a new one when absent or ``fresh``).
 
@@ -156,11 +161,12 @@ def load_state(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any
     if fresh or not path.is_file():
         return {"config": config, "runs": {}, "full_pool": None}
     state = json.loads(path.read_text(encoding="utf-8"))
-    saved = {k: v for k, v in saved_config(state).items() if k not in _EXTENDABLE}
-    now = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _EXTENDABLE and k in saved}
-    if now != saved:  # a key the saved state lacks came with a newer version: its default applied
-        raise BadInputError(f"{path}: saved for another simulation configuration; run with --fresh "
-                         "or set simulate.state_file to another file")
+    saved = saved_config(state)  # a key the saved state lacks came with a newer version: its default applied
+    now = {k: v for k, v in json.loads(json.dumps(config)).items() if k in saved}
+    differ = differing_keys(now, saved)
+    if differ:
+        raise BadInputError(f"{path}: saved for another simulation configuration (differs in {', '.join(differ)}); "
+                            "run with --fresh or set simulate.state_file to another file")
     state["config"] = config
     log.info("resuming from %s", path)
     return state
@@ -178,20 +184,23 @@ def merge_states(states: Sequence[dict[str, Any]], names: Sequence[str]) -> dict
     """
     if len(states) == 1:
         return states[0]
-    first = {k: v for k, v in saved_config(states[0]).items() if k not in _EXTENDABLE}
-    merged = {"config": states[0].get("config"), "runs": {}, "full_pool": states[0].get("full_pool")}
+    merged = {"config": states[0].get("config"), "runs": {}, "full_pool": None}
     refs: dict[int, dict[str, Any]] = {}
     for state, name in zip(states, names):
-        config = {k: v for k, v in saved_config(state).items() if k not in _EXTENDABLE}
-        if config != first:
-            differ = sorted(k for k in set(config) | set(first) if config.get(k) != first.get(k))
+        differ = differing_keys(saved_config(state), saved_config(states[0]))
+        if differ:
             raise BadInputError(f"{name}: another simulation than {names[0]} (differs in {', '.join(differ)})")
         for key, run in state["runs"].items():
             if merged["runs"].setdefault(key, run) != run:
                 raise BadInputError(f"{name}: run {key} differs from the one in an earlier state")
-        for ref in (state.get("full_pool") or {}).get("runs", []):
+        full = state.get("full_pool")
+        for ref in (full or {}).get("runs", []):
             if refs.setdefault(ref["seed"], ref) != ref:
                 raise BadInputError(f"{name}: the whole-pool fit of seed {ref['seed']} differs from an earlier state's")
+        if full and not full.get("runs"):  # a reference without per-seed fits: it must be the same one
+            if (merged["full_pool"] or full) != full:
+                raise BadInputError(f"{name}: its whole-pool reference differs from an earlier state's")
+            merged["full_pool"] = full
     if refs:
         runs = [refs[seed] for seed in sorted(refs)]
         labelled = next(s["full_pool"]["labelled"] for s in states if s.get("full_pool"))

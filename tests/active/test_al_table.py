@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from active_learning_table import baseline_random, main, table  # noqa: E402
+from active_learning_table import baseline_random, main, table, take_reference  # noqa: E402
 
 from cardamage.active.simulate_results import crossing, share, summarise  # noqa: E402
 
@@ -113,3 +113,36 @@ def test_seeds_run_apart_join_in_one_table(tmp_path, capsys):
         main(["--out", str(one), "--summary-only", "--also", str(tmp_path / "missing")])
     with pytest.raises(SystemExit):
         main(["--out", str(one), "--also", str(two)])  # --also is for the summary
+
+
+def test_states_without_per_seed_references_must_hold_the_same_one():
+    from cardamage.active.simulate import merge_states
+    from cardamage.errors import BadInputError
+
+    config = {"budget": 5, "rounds": 2, "input_size": 128}
+    a = _state(config, "random", 5.0, [0.1, 0.3], full=0.5)
+    b = _seed(_state(config, "random", 5.0, [0.1, 0.4], full=0.5), 1, 0.5)
+    del b["full_pool"]["runs"]
+    assert merge_states([a, b], ["a", "b"])["full_pool"]["damage_iou"] == 0.5, "the same reference twice"
+    b["full_pool"]["damage_iou"] = 0.7
+    with pytest.raises(BadInputError, match="b: its whole-pool reference differs"):
+        merge_states([a, b], ["a", "b"])
+
+
+def test_a_new_out_takes_the_reference_of_another_run(tmp_path):
+    config = {"budget": 5, "rounds": 2, "input_size": 128}
+    src, out, empty = tmp_path / "src", tmp_path / "out", tmp_path / "empty"
+    for folder in (src, out, empty):
+        folder.mkdir()
+    (src / "state.json").write_text(json.dumps(_seed(_state(config, "random", 5.0, [0.1, 0.3], full=0.6), 0, 0.6)))
+    take_reference(src, out)
+    taken = json.loads((out / "state.json").read_text())
+    assert taken["runs"] == {} and taken["config"] == config, "no seeds, the same configuration"
+    assert taken["full_pool"]["damage_iou"] == 0.6 and taken["full_pool"]["runs"][0]["seed"] == 0
+    with pytest.raises(SystemExit, match="exists"):
+        take_reference(src, out)
+    (empty / "state.json").write_text(json.dumps({"config": config, "runs": {}, "full_pool": None}))
+    with pytest.raises(SystemExit, match="no whole-pool reference"):
+        take_reference(empty, tmp_path / "other")
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--summary-only", "--reference-from", str(src)])

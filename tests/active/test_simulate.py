@@ -86,7 +86,7 @@ def test_more_rounds_extend_a_finished_run(stopped_and_resumed):
 
 def test_another_configuration_is_refused(stopped_and_resumed):
     tmp, _, _, _, _ = stopped_and_resumed
-    with pytest.raises(ValueError, match="--fresh"):
+    with pytest.raises(ValueError, match=r"differs in budget\); run with --fresh"):
         sim.run_simulation(_params(tmp, "simulate.budget=3"))
 
 
