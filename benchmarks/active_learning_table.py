@@ -59,7 +59,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"simulate.head_restarts={args.head_restarts}", f"simulate.tune_stages={args.tune_stages}",
         f"simulate.cache_dir={args.cache or out / 'cache'}",
         f"simulate.state_file={out / 'state.json'}", f"simulate.out={out / 'active_learning.json'}",
-        f"simulate.plot={out / 'active_learning.png'}", f"simulate.target_metric={args.metric}"]
+        f"simulate.plot={out / 'active_learning.png'}", f"simulate.target_metric={args.metric}", *args.set]
 
 
 def table(result: dict, baseline: float | None = None) -> str:
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-from", type=Path, default=None,
                    help="start a new OUT from this run's whole-pool reference (more seeds run apart; "
                         "join them with --summary-only --also)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other params.yaml setting of the run (repeatable), e.g. score.region_grid=3")
     p.add_argument("--max-rounds", type=int, default=None, help="stop every run after this round (resume later)")
     p.add_argument("--metric", choices=["damage_iou", "mean_iou"], default="damage_iou",
                    help="target metric (simulate.target_metric)")
