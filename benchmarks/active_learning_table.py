@@ -23,6 +23,8 @@ Seeds run apart (another machine, another ``--out`` started with ``--reference-f
 the whole-pool reference is taken over instead of fitted again) join in the table with
 ``--summary-only --also OTHER_OUT``, and several random runs with ``--baseline DIR DIR``.
 
+Other settings of a run (a variant arm) go in with ``--set KEY=VALUE``, e.g. ``--set score.region_grid=3``.
+
 ``--summary-only --fraction 0.9`` prints the same table at another target (90 % of the whole-pool model),
 to show how the ratio moves as the target nears an arm's plateau.
 
