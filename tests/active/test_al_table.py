@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from active_learning_table import baseline_random, main, table, take_reference  # noqa: E402
+from active_learning_table import baseline_random, main, overrides, table, take_reference  # noqa: E402
 
 from cardamage.active.simulate_results import crossing, share, summarise  # noqa: E402
 
@@ -146,3 +146,15 @@ def test_a_new_out_takes_the_reference_of_another_run(tmp_path):
         take_reference(empty, tmp_path / "other")
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--summary-only", "--reference-from", str(src)])
+
+
+def test_set_passes_a_variant_setting_to_the_run(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(out=tmp_path, dataset=tmp_path / "bilgi", preset=tmp_path / "preset", strategies=[],
+                              region_strategies=[], pseudo_arms=["entropy@region"], seeds=[3], rounds=10,
+                              budget=50, head_restarts=1, tune_stages=1, cache=None, metric="damage_iou",
+                              set=["score.region_grid=3"])
+    pairs = overrides(args)
+    assert pairs[-1] == "score.region_grid=3", "last, so it wins over the table's own settings"
+    assert f"simulate.state_file={tmp_path / 'state.json'}" in pairs and "simulate.seeds=[3]" in pairs
