@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from service_report import goals, print_report
+from service_report import goals, print_report, rss_mb, rss_slope, server_refusals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,20 +244,6 @@ def photo_payloads(files: list[Path]) -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in files]
 
 
-def rss_mb(pid: int) -> float:
-    """RSS of the process and its children (Ray's replicas and workers) in MiB."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / (1 << 20)
-
-
 def soak(url: str, pid: int, payloads: list[tuple[str, bytes]], n: int, max_seconds: float,
          client: str = "lean") -> dict[str, Any]:
     """RSS after warm-up, then every 100 of ``n`` requests (16 clients)."""
@@ -275,33 +261,9 @@ def soak(url: str, pid: int, payloads: list[tuple[str, bytes]], n: int, max_seco
     return {"requests": run["requests"], "errors": run["errors"], "seconds": run["seconds"],
             "rss_after_warmup_mb": round(samples[0][1], 1), "rss_after_soak_mb": round(samples[-1][1], 1),
             "rss_growth_mb": round(samples[-1][1] - samples[0][1], 1),
-            "rss_slope_mb_per_1000": _slope(samples),
+            "rss_slope_mb_per_1000": rss_slope(samples),
             "rss_peak_mb": round(max(v for _, v in samples), 1),
             "rss_samples_mb": [[k, round(v, 1)] for k, v in samples]}
-
-
-def _slope(samples: list[tuple[int, float]]) -> float | None:
-    """Least-squares RSS trend in MB per 1,000 requests, the first fifth of the soak left out (warm-up)."""
-    tail = samples[len(samples) // 5:]
-    if len(tail) < 3:
-        return None
-    x, y = np.array([k for k, _ in tail], float), np.array([v for _, v in tail], float)
-    return round(float(np.polyfit(x, y, 1)[0] * 1000), 2)
-
-
-def server_refusals(log: Path) -> dict[str, Any]:
-    """Server-side time to answer the ``503`` s (the access log's ``duration_ms``), from the JSON log lines."""
-    took = []
-    for line in log.read_text(errors="replace").splitlines():
-        if '"status": 503' not in line:
-            continue
-        try:
-            took.append(float(json.loads(line)["duration_ms"]))
-        except (ValueError, KeyError):
-            continue
-    return {"count": len(took), "p50_ms": round(float(np.percentile(took, 50)), 2) if took else None,
-            "p99_ms": round(float(np.percentile(took, 99)), 2) if took else None,
-            "max_ms": round(max(took), 2) if took else None}
 
 
 def _level(url: str, payloads: list[tuple[str, bytes]], total: int, clients: int, args: argparse.Namespace,

@@ -1,10 +1,13 @@
-"""The goals of issue 15 and the printed table of :mod:`bench_service`'s figures."""
+"""The goals of issue 15, the printed table of :mod:`bench_service`'s figures, and its memory and 503 readings."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def goals(r: dict[str, Any]) -> dict[str, bool | None]:
@@ -72,3 +75,41 @@ def print_report(r: dict[str, Any]) -> None:
 
     print()
     print_summary(r["equivalence"])
+
+
+def rss_mb(pid: int) -> float:
+    """RSS of the process and its children (Ray's replicas and workers) in MiB."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / (1 << 20)
+
+
+def rss_slope(samples: list[tuple[int, float]]) -> float | None:
+    """Least-squares RSS trend in MB per 1,000 requests, the first fifth of the soak left out (warm-up)."""
+    tail = samples[len(samples) // 5:]
+    if len(tail) < 3:
+        return None
+    x, y = np.array([k for k, _ in tail], float), np.array([v for _, v in tail], float)
+    return round(float(np.polyfit(x, y, 1)[0] * 1000), 2)
+
+
+def server_refusals(log: Path) -> dict[str, Any]:
+    """Server-side time to answer the ``503`` s (the access log's ``duration_ms``), from the JSON log lines."""
+    took = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"status": 503' not in line:
+            continue
+        try:
+            took.append(float(json.loads(line)["duration_ms"]))
+        except (ValueError, KeyError):
+            continue
+    return {"count": len(took), "p50_ms": round(float(np.percentile(took, 50)), 2) if took else None,
+            "p99_ms": round(float(np.percentile(took, 99)), 2) if took else None,
+            "max_ms": round(max(took), 2) if took else None}

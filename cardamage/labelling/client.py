@@ -38,6 +38,7 @@ from cardamage.labelling.client_errors import (
     LabelStudioUnreachable,
     classify,
     one_line,
+    parse_export,
 )
 from cardamage.labelling.redact import check_api_key, install_log_filter, scrub
 
@@ -340,21 +341,8 @@ class LabelStudioClient:
         def fetch() -> list[dict[str, Any]]:
             chunks = self._sdk.projects.exports.download_sync(
                 project_id, export_type="JSON", download_all_tasks=not only_annotated, download_resources=False)
-            return self._export_json(b"".join(chunks), project_id)
+            return parse_export(b"".join(chunks), f"the JSON export of project {project_id} from {self._shown_url}")
         return self._call("export", fetch)
-
-    def _export_json(self, data: bytes, project_id: int) -> list[dict[str, Any]]:
-        """The tasks of an export's bytes; a clear error for a non-UTF-8, non-JSON or non-list export."""
-        what = f"the JSON export of project {project_id} from {self._shown_url}"
-        try:
-            tasks = json.loads(data.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            raise LabelStudioError(f"{what} is not UTF-8 (byte {exc.start}: {exc.reason})") from None
-        except json.JSONDecodeError as exc:
-            raise LabelStudioError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            raise LabelStudioError(f"{what} is not a list of tasks")
-        return tasks
 
     def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
         """Every prediction of the project (``task``, ``result`` in percent, ``score``, ``model_version``)."""

@@ -45,6 +45,23 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def parse_export(data: bytes, what: str) -> list[dict[str, Any]]:
+    """The tasks of a JSON export's bytes (``what`` names it in errors).
+
+    Raises:
+        LabelStudioError: the export is not UTF-8, not JSON or not a list of task objects.
+    """
+    try:
+        tasks = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise LabelStudioError(f"{what} is not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise LabelStudioError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise LabelStudioError(f"{what} is not a list of tasks")
+    return tasks
+
+
 def classify(what: str, exc: BaseException, creates: bool, url: str, elapsed: float,
              http_error: type[BaseException]) -> tuple[LabelStudioError, bool]:
     """``(error to raise, whether a retry is allowed)`` for any exception of an SDK/HTTP call.
