@@ -177,7 +177,8 @@ def merge_states(states: Sequence[dict[str, Any]], names: Sequence[str]) -> dict
 
     The configurations must match apart from ``rounds``; runs and whole-pool reference fits are
     joined (the reference's means over the union of its seeds), and a run or reference seed held by
-    two states must hold the same figures. ``names`` name the states in errors (their files).
+    two states must hold the same figures; a reference saved as its mean only must be the mean of the
+    per-seed fits the others hold. ``names`` name the states in errors (their files).
 
     Raises:
         BadInputError: the states are of different simulations, or disagree on a run.
@@ -204,8 +205,14 @@ def merge_states(states: Sequence[dict[str, Any]], names: Sequence[str]) -> dict
     if refs:
         runs = [refs[seed] for seed in sorted(refs)]
         labelled = next(s["full_pool"]["labelled"] for s in states if s.get("full_pool"))
-        merged["full_pool"] = {"runs": runs, "labelled": labelled,
-                               **{m: float(np.mean([r[m] for r in runs])) for m in ("mean_iou", "damage_iou")}}
+        joined = {"runs": runs, "labelled": labelled,
+                  **{m: float(np.mean([r[m] for r in runs])) for m in ("mean_iou", "damage_iou")}}
+        mean_only = merged["full_pool"]
+        if mean_only and any(not np.isclose(mean_only.get(m, np.nan), joined[m]) for m in ("mean_iou", "damage_iou")):
+            raise BadInputError(f"the whole-pool reference of {', '.join(names)}: one state holds only its mean "
+                                f"(damage IoU {mean_only.get('damage_iou')}), which is not the mean of the others' "
+                                f"per-seed fits ({joined['damage_iou']:.4f})")
+        merged["full_pool"] = joined
     return merged
 
 

@@ -127,6 +127,11 @@ def test_states_without_per_seed_references_must_hold_the_same_one():
     b["full_pool"]["damage_iou"] = 0.7
     with pytest.raises(BadInputError, match="b: its whole-pool reference differs"):
         merge_states([a, b], ["a", "b"])
+    c = _seed(_state(config, "random", 5.0, [0.1, 0.2], full=0.5), 2, 0.5)
+    assert merge_states([a, c], ["a", "c"])["full_pool"]["runs"][0]["seed"] == 2, "a mean that agrees: joined"
+    c["full_pool"]["runs"][0]["damage_iou"] = 0.6
+    with pytest.raises(BadInputError, match="holds only its mean .* not the mean of the others' per-seed fits"):
+        merge_states([a, c], ["a", "c"])
 
 
 def test_a_new_out_takes_the_reference_of_another_run(tmp_path):
