@@ -21,7 +21,8 @@ interpolated linearly between rounds, so arms with rounds of different sizes com
 
 Seeds run apart (another machine, another ``--out`` started with ``--reference-from FIRST_OUT``, so
 the whole-pool reference is taken over instead of fitted again) join in the table with
-``--summary-only --also OTHER_OUT``, and several random runs with ``--baseline DIR DIR``.
+``--summary-only --also OTHER_OUT``, and several random runs with ``--baseline DIR DIR``. A random
+baseline with larger rounds may take the reference too (``--budget`` is the only setting it may change).
 
 Other settings of a run (a variant arm) go in with ``--set KEY=VALUE``, e.g. ``--set score.region_grid=3``.
 
@@ -124,10 +125,12 @@ def load_states(folders: list[Path]) -> dict:
         raise SystemExit(str(err)) from None
 
 
-def take_reference(source: Path, out: Path) -> None:
+def take_reference(source: Path, out: Path, budget: int | None = None) -> None:
     """Start ``out/state.json`` as ``source/state.json`` with no runs: its whole-pool reference (and
-    configuration) without its seeds. Refused when ``out`` already holds a state; the simulation then
-    refuses any setting that differs from the source's."""
+    configuration) without its seeds. ``budget`` (photos per round; ``None``: the source's) may differ,
+    since the whole-pool fit does not depend on it: a random baseline with larger rounds shares the
+    reference. Refused when ``out`` already holds a state; the simulation then refuses any other
+    setting that differs from the source's."""
     from cardamage.fileio import write_json
 
     src, dest = source / "state.json", out / "state.json"
@@ -136,7 +139,8 @@ def take_reference(source: Path, out: Path) -> None:
     state = load_states([source])
     if not state.get("full_pool"):
         raise SystemExit(f"--reference-from: {src} has no whole-pool reference yet")
-    write_json(dest, {**state, "runs": {}})
+    config = {**state["config"], **({} if budget is None else {"budget": budget})}
+    write_json(dest, {**state, "config": config, "runs": {}})
 
 
 def baseline_random(state: dict, folders: list[Path], fraction: float, metric: str) -> float | None:
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.reference_from:
-        take_reference(args.reference_from, args.out)
+        take_reference(args.reference_from, args.out, args.budget)
     args.preset = args.preset or args.out / "lite0_imagenet"
     log = args.out / "simulate.log"
     if not (args.preset / "config.json").is_file():

@@ -143,6 +143,10 @@ def test_a_new_out_takes_the_reference_of_another_run(tmp_path):
     take_reference(src, out)
     taken = json.loads((out / "state.json").read_text())
     assert taken["runs"] == {} and taken["config"] == config, "no seeds, the same configuration"
+    take_reference(src, tmp_path / "larger", budget=150)
+    larger = json.loads((tmp_path / "larger" / "state.json").read_text())
+    assert larger["config"] == {**config, "budget": 150} and larger["full_pool"] == taken["full_pool"], \
+        "a random baseline with larger rounds shares the reference"
     assert taken["full_pool"]["damage_iou"] == 0.6 and taken["full_pool"]["runs"][0]["seed"] == 0
     with pytest.raises(SystemExit, match="exists"):
         take_reference(src, out)
