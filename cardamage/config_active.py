@@ -20,7 +20,7 @@ class ScoreParams:
     mc_samples: int = 8
     random_seed: int = 0
     min_instance_px: int = 16
-    region_grid: int = 4
+    region_grid: int = 3
     hash_cache: str = "reports/hash_cache.json"
     labelled_embeddings: str = "reports/labelled_embeddings.npz"
 

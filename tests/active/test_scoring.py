@@ -85,7 +85,8 @@ def test_score_photos_writes_parquet_and_skips_unreadable(tmp_path):
                 "instance_count", "class_shares", "embedding", "phash", "model_version", "reduction"]
     assert table.columns.tolist() == expected
     assert all(len(v) == 1 for v in table["class_shares"]), "one damage class: one share per photo"
-    assert all(len(v) == 16 for v in table["entropy_cells"]), "a 4x4 grid of cell scores per photo"
+    grid = ScoreParams().region_grid
+    assert all(len(v) == grid ** 2 for v in table["entropy_cells"]), "a score.region_grid grid of cells per photo"
     assert len(table["embedding"].iloc[0]) == 3 and (table["model_version"] == "v1").all()
     assert (table["reduction"] == "topk10").all() and table["bald"].max() < 1e-5
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
@@ -191,9 +192,9 @@ def test_select_regions_with_a_real_model(tiny_model, tmp_path):
     assert list(selection["score"]) == sorted(selection["score"], reverse=True)
     for path, region, cell in zip(selection["path"], selection["region"], selection["cell"]):
         x, y, w, h = (int(v) for v in region.split(","))
-        width, height = image_size(path)
-        assert x == round(width * (cell % 4) / 4) and y == round(height * (cell // 4) / 4)
-        assert abs(w - width / 4) <= 1 and abs(h - height / 4) <= 1
+        width, height, g = *image_size(path), ScoreParams().region_grid
+        assert x == round(width * (cell % g) / g) and y == round(height * (cell // g) / g)
+        assert abs(w - width / g) <= 1 and abs(h - height / g) <= 1
     scores = pd.read_parquet(tmp_path / "scores.parquet")
     best = max((v, i) for cells in scores["entropy_cells"] for i, v in enumerate(cells))
     assert selection["score"].iloc[0] == pytest.approx(best[0], rel=1e-6), "the best cell of the pool comes first"
