@@ -80,7 +80,8 @@ def test_stale_when_the_registry_gains_a_column(registered):
 
     params = ScoreParams(mc_samples=0)
     photo = PoolPhoto(Path("a.jpg"), "a.jpg", "a" * 64, "")
-    cols = {c: [0] for c in FIXED_COLUMNS} | {c: [[0.0] * 16] if t == strategies.CELL_DTYPE else [0.0]
+    cells = [0.0] * params.region_grid ** 2
+    cols = {c: [0] for c in FIXED_COLUMNS} | {c: [cells] if t == strategies.CELL_DTYPE else [0.0]
                                               for c, t in strategies.score_columns(False).items()}
     cols.update(id=[photo.sha256], model_version=["v"], reduction=["topk10"])
     assert stale_photos(pd.DataFrame(cols), [photo], "v", params) == []
