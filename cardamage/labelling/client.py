@@ -341,8 +341,12 @@ class LabelStudioClient:
         def fetch() -> list[dict[str, Any]]:
             chunks = self._sdk.projects.exports.download_sync(
                 project_id, export_type="JSON", download_all_tasks=not only_annotated, download_resources=False)
-            return parse_export(b"".join(chunks), f"the JSON export of project {project_id} from {self._shown_url}")
+            return self._export_json(b"".join(chunks), project_id)
         return self._call("export", fetch)
+
+    def _export_json(self, data: bytes, project_id: int) -> list[dict[str, Any]]:
+        """The tasks of an export's bytes (:func:`~.client_errors.parse_export`; errors name project and server)."""
+        return parse_export(data, f"the JSON export of project {project_id} from {self._shown_url}")
 
     def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
         """Every prediction of the project (``task``, ``result`` in percent, ``score``, ``model_version``)."""

@@ -174,15 +174,22 @@ def test_cli_shows_a_broken_ledger_in_one_line(tmp_path, monkeypatch):
     (b'{"detail": "x"}', "is not a list of tasks"),
 ])
 def test_an_export_that_is_not_utf8_json_is_named(data, expected):
-    from cardamage.labelling.client_errors import LabelStudioError, parse_export
+    from ls_fakes import Stub
 
-    what = "the JSON export of project 3 from http://127.0.0.1:9"
-    with pytest.raises(LabelStudioError, match=expected) as info:
-        parse_export(data, what)
-    assert str(info.value).startswith(what + " ")
+    from cardamage.labelling.client import LabelStudioError, connect
+
+    with Stub([(200, {}, 0)]) as stub:
+        client = connect(stub.url, "0123456789abcdef0123456789abcdef01234567")
+        with pytest.raises(LabelStudioError, match=expected) as info:
+            client._export_json(data, 3)
+    assert str(info.value).startswith(f"the JSON export of project 3 from {stub.url} ")
 
 
 def test_an_export_with_a_bom_is_read():
-    from cardamage.labelling.client_errors import parse_export
+    from ls_fakes import Stub
 
-    assert parse_export(b'\xef\xbb\xbf[{"id": 1}]', "an export") == [{"id": 1}]
+    from cardamage.labelling.client import connect
+
+    with Stub([(200, {}, 0)]) as stub:
+        client = connect(stub.url, "0123456789abcdef0123456789abcdef01234567")
+        assert client._export_json(b'\xef\xbb\xbf[{"id": 1}]', 3) == [{"id": 1}]
