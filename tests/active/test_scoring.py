@@ -190,9 +190,10 @@ def test_select_regions_with_a_real_model(tiny_model, tmp_path):
     selection = pd.read_csv(tmp_path / "selection.csv")
     assert len(selection) == 5 and selection["id"].value_counts().max() <= 2, "select.max_regions_per_photo"
     assert list(selection["score"]) == sorted(selection["score"], reverse=True)
+    g = ScoreParams().region_grid  # params.yaml's too (test_config checks they are one source)
     for path, region, cell in zip(selection["path"], selection["region"], selection["cell"]):
         x, y, w, h = (int(v) for v in region.split(","))
-        width, height, g = *image_size(path), ScoreParams().region_grid
+        width, height = image_size(path)
         assert x == round(width * (cell % g) / g) and y == round(height * (cell // g) / g)
         assert abs(w - width / g) <= 1 and abs(h - height / g) <= 1
     scores = pd.read_parquet(tmp_path / "scores.parquet")
